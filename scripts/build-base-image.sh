@@ -60,8 +60,10 @@ ExecStartPre=
 ExecStartPre=/usr/bin/ssh-keygen -A
 ExecStartPre=/usr/sbin/sshd -t
 UNIT
-apt_clean() { rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/archives/*.deb; }
-apt_clean
+# No package lists in the image (they would be stale); date the empty lists directory in the past
+# so `apt` with cache_valid_time sees a cache that needs updating.
+rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/archives/*.deb
+touch -d '2000-01-01' "$root/var/lib/apt/lists"
 
 log "importing as $IMAGE"
 tar -C "$root" -c . | docker import \

@@ -1,0 +1,44 @@
+"""Shared test helpers: the repository, the venv's tools, and running playbooks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tool(name: str) -> str:
+    """A command from the project's venv (the one running pytest)."""
+    path = Path(sys.executable).with_name(name)
+    if not path.exists():
+        pytest.fail(f"{name} is not installed next to {sys.executable}: run `make venv`")
+    return str(path)
+
+
+def ansible_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def run_playbook(inventory: Path | str, playbook: str, *args: str, timeout: float = 600):
+    """Run ansible-playbook from the repo root; return the completed process (output in stdout)."""
+    return subprocess.run(
+        [tool("ansible-playbook"), "-i", str(inventory), str(REPO / playbook), *args],
+        cwd=REPO,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
