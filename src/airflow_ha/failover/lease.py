@@ -353,7 +353,8 @@ class LeaseStore:
         conn.execute(
             "SELECT set_config('statement_timeout', %(ms)s, false),"
             " set_config('lock_timeout', %(ms)s, false),"
-            " set_config('idle_in_transaction_session_timeout', '10000', false)",
+            " set_config('idle_in_transaction_session_timeout', '10000', false),"
+            " set_config('client_min_messages', 'warning', false)",
             {"ms": ms},
         )
         return conn
