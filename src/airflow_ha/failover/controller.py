@@ -237,6 +237,9 @@ class Controller:
             while not self._stop.is_set():
                 delay = self.run_once()
                 self._wait(delay)
+        except Exception:
+            log.exception("controller loop failed: stopping units and exiting (systemd restarts us)")
+            raise
         finally:
             self.shutdown()
         return 0
@@ -273,6 +276,7 @@ class Controller:
         if self.state.is_leader and self.state.deadline is not None:
             timeout = min(timeout, self.state.deadline - sent_at)
         lease, error = self._db(lambda: self.store.acquire(p.node, p.ttl, may_take), timeout, "acquire/renew")
+        self._ping()
         held = lease is not None and lease.held and lease.holder == p.node
         units: Mapping[str, bool] | None = None
         leader_health = None
@@ -291,7 +295,9 @@ class Controller:
             standby_ready=ready,
             healthy_standbys=self.healthy_standbys,
         )
+        self._ping()
         self._apply(decisions.decide(self.state, obs, p))
+        self._ping()
         self._heartbeat(lease)
         self._announce()
         return self._next_delay(sent_at)
@@ -385,15 +391,7 @@ class Controller:
 
     def _execute(self, action: Action) -> None:
         if isinstance(action, StopUnits):
-            for unit in action.units:
-                t0 = self.clock()
-                try:
-                    self.services.stop(unit)
-                except ServiceError as exc:
-                    level = logging.CRITICAL if action.fence else logging.ERROR
-                    log.log(level, "could not stop %s (%s): %s", unit, action.reason, exc)
-                else:
-                    log.info("stopped %s in %.2fs (%s)", unit, self.clock() - t0, action.reason)
+            self._stop_units(action)
         elif isinstance(action, StartUnits | RestartUnits):
             verb = "start" if isinstance(action, StartUnits) else "restart"
             for unit in action.units:
@@ -414,6 +412,35 @@ class Controller:
                 log.warning("lease epoch %d was no longer ours to release", action.epoch)
         else:  # pragma: no cover - exhaustive
             raise TypeError(action)
+
+    def _stop_units(self, action: StopUnits) -> None:
+        """Stop the units concurrently: the whole fence takes one ``stop_timeout``, not one per unit."""
+        results: dict[str, tuple[ServiceError | None, float]] = {}
+
+        def stop(unit: str) -> None:
+            t0 = self.clock()
+            try:
+                self.services.stop(unit)
+            except ServiceError as exc:
+                results[unit] = (exc, self.clock() - t0)
+            else:
+                results[unit] = (None, self.clock() - t0)
+
+        if len(action.units) == 1:
+            stop(action.units[0])
+        else:
+            threads = [threading.Thread(target=stop, args=(u,), name=f"stop-{u}") for u in action.units]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        for unit in action.units:
+            error, took = results.get(unit, (ServiceError("no result"), 0.0))
+            if error is not None:
+                level = logging.CRITICAL if action.fence else logging.ERROR
+                log.log(level, "could not stop %s (%s): %s", unit, action.reason, error)
+            else:
+                log.info("stopped %s in %.2fs (%s)", unit, took, action.reason)
 
     # -- shutdown ------------------------------------------------------------------------------
 
