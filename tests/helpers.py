@@ -1,4 +1,4 @@
-"""Shared test helpers: the repository, the venv's tools, and running playbooks."""
+"""Test helpers: the repository, the venv's tools, and running playbooks."""
 
 from __future__ import annotations
 
@@ -37,8 +37,3 @@ def run_playbook(inventory: Path | str, playbook: str, *args: str, timeout: floa
         text=True,
         timeout=timeout,
     )
-
-
-@pytest.fixture
-def repo() -> Path:
-    return REPO

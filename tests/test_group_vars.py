@@ -6,7 +6,8 @@ import json
 import re
 
 import pytest
-from conftest import REPO, run_playbook
+
+from helpers import REPO, run_playbook
 
 INVENTORY = """
 all:

@@ -1,0 +1,102 @@
+"""End to end: the lab cluster, built over SSH by site.yml, runs the sample DAG through HAProxy.
+
+Creates the lab containers from inventories/lab and removes them afterwards. If a lab from
+`make lab` is already running the test stops with a message, unless AIRFLOW_HA_E2E_REUSE_LAB=1
+says to deploy onto it and leave it running.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+import pytest
+import requests
+import yaml
+
+from airflow_ha import lab as labmod
+from airflow_ha.api import AirflowApi
+
+pytestmark = pytest.mark.e2e
+DAG = "airflow_ha_sample"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    the_lab = labmod.load_lab(labmod.REPO / "inventories" / "lab")
+    reuse = os.environ.get("AIRFLOW_HA_E2E_REUSE_LAB") == "1"
+    existed = labmod.lab_exists(the_lab)
+    if existed and not reuse:
+        pytest.fail(
+            "a lab from `make lab` is running and this test would replace it: run `make lab-destroy` "
+            "first, or set AIRFLOW_HA_E2E_REUSE_LAB=1 to deploy onto it and leave it running"
+        )
+    try:
+        labmod.create_hosts(the_lab)
+        result = labmod.run_playbook(the_lab)
+        assert result.returncode == 0, "site.yml failed on the lab (output above)"
+        yield the_lab
+    finally:
+        if not existed:
+            labmod.destroy(the_lab)
+
+
+@pytest.fixture(scope="module")
+def api(lab):
+    secrets = yaml.safe_load(lab.secrets_file.read_text())
+    client = AirflowApi(lab.api_url, "admin", secrets["admin_password"])
+    client.login()
+    return client
+
+
+def _run_sample(api: AirflowApi) -> tuple[str, list[dict]]:
+    api.wait_for_dag(DAG)
+    api.unpause(DAG)
+    run_id = api.trigger(DAG)
+    run = api.wait_for_run(DAG, run_id)
+    assert run["state"] == "success", f"{run_id} ended {run['state']}"
+    return run_id, api.task_instances(DAG, run_id)
+
+
+def test_sample_dag_runs_on_both_workers_through_the_load_balancer(lab, api):
+    workers = set(lab.groups["airflow_worker"])
+    seen: set[str] = set()
+    for _ in range(3):
+        run_id, tis = _run_sample(api)
+        assert tis
+        assert all(ti["state"] == "success" for ti in tis)
+        seen |= {ti["hostname"] for ti in tis}
+        if workers <= seen:
+            break
+    assert workers <= seen, f"tasks ran on {sorted(seen)}, expected every worker {sorted(workers)}"
+    # The api-server fetches the task's log from the worker that ran it (port 8793).
+    ti = next(t for t in tis if t["task_id"] == "report_host")
+    text = api.task_log(DAG, run_id, "report_host", ti["try_number"], ti["map_index"])
+    assert f"ran on {ti['hostname']}" in text, text[-2000:]
+
+
+def test_every_scheduler_is_alive(lab, api):
+    assert api.alive_scheduler_hosts() >= set(lab.groups["airflow_scheduler"])
+
+
+def test_load_balancer_answers_with_one_api_server_stopped(lab, api):
+    stopped = lab.groups["airflow_webserver"][0]
+    subprocess.run(["docker", "exec", stopped, "systemctl", "stop", "airflow-api-server"], check=True)
+    try:
+        time.sleep(5)  # HAProxy's health check takes the backend out within ~4 s
+        answers = [requests.get(f"{lab.api_url}/api/v2/monitor/health", timeout=5) for _ in range(20)]
+        assert [r.status_code for r in answers] == [200] * 20
+        assert api.get(f"/api/v2/dags/{DAG}")["dag_id"] == DAG
+    finally:
+        subprocess.run(["docker", "exec", stopped, "systemctl", "start", "airflow-api-server"], check=True)
+
+
+def test_second_site_run_changes_nothing(lab):
+    result = labmod.run_playbook(lab)
+    assert result.returncode == 0
+    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", result.stdout, re.M)
+    assert recap, "no play recap in the output"
+    changed = {host: int(n) for host, n in recap if int(n)}
+    assert not changed, f"second run changed something: {changed}"

@@ -1,0 +1,36 @@
+"""Every Molecule scenario: create, converge, idempotence, verify (behaviour), destroy."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from helpers import REPO, ansible_env, tool
+
+# Cheapest first, so a broken basic role fails the run early.
+ORDER = ["metadata_db", "broker", "loadbalancer", "scheduler", "webserver", "worker"]
+SCENARIOS = sorted(
+    (p.parent.name for p in (REPO / "molecule").glob("*/molecule.yml")),
+    key=lambda name: (ORDER.index(name) if name in ORDER else len(ORDER), name),
+)
+
+
+def test_every_scenario_is_listed():
+    assert set(ORDER) <= set(SCENARIOS), f"scenarios missing: {set(ORDER) - set(SCENARIOS)}"
+
+
+@pytest.mark.molecule
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_scenario(scenario):
+    proc = subprocess.run(
+        [tool("molecule"), "test", "-s", scenario],
+        cwd=REPO,
+        env=ansible_env(ANSIBLE_CONFIG="", PY_COLORS="0", ANSIBLE_NOCOLOR="1"),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-200:])
+        pytest.fail(f"molecule test -s {scenario} failed ({proc.returncode}):\n{tail}")

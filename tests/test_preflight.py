@@ -1,0 +1,100 @@
+"""Bad inventories and variables stop site.yml with a clear message before any host changes."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from airflow_ha import docker_hosts
+
+from helpers import run_playbook
+
+IMAGE = "airflow-ha/debian12-systemd:latest"
+GROUPS = ("airflow_metadata_db", "airflow_broker", "airflow_webserver", "airflow_scheduler", "airflow_worker")
+
+
+def write_inventory(directory: Path, hosts: dict[str, dict], groups: dict[str, list[str]]) -> Path:
+    inventory = {
+        "all": {
+            "hosts": hosts,
+            "children": {group: {"hosts": {h: None for h in members}} for group, members in groups.items()},
+        }
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    return directory
+
+
+def assert_nothing_changed(proc: subprocess.CompletedProcess[str], inventory: Path) -> None:
+    assert proc.returncode != 0
+    changed = [int(n) for n in re.findall(r"changed=(\d+)", proc.stdout)]
+    assert changed, proc.stdout
+    assert sum(changed) == 0, proc.stdout
+
+
+def test_empty_required_group_is_refused_before_anything(tmp_path):
+    # The hosts do not exist: the inventory check must fail before any connection is tried.
+    hosts = {"h1": {"ansible_host": "192.0.2.1"}}
+    groups = {g: ["h1"] for g in GROUPS} | {"airflow_worker": []}
+    inventory = write_inventory(tmp_path / "inv", hosts, groups)
+    proc = run_playbook(inventory, "site.yml")
+    assert "Inventory group 'airflow_worker' is missing or empty" in proc.stdout, proc.stdout
+    assert_nothing_changed(proc, inventory)
+    assert not (inventory / ".secrets").exists(), "secrets were generated before the inventory was valid"
+
+
+@pytest.fixture(scope="module")
+def containers():
+    """Two throwaway hosts from the base image: a Debian 12 one and one that says it is Ubuntu."""
+    label = f"airflow-ha.test=preflight-{uuid.uuid4().hex[:8]}"
+    names = {"debian": f"pf-debian-{uuid.uuid4().hex[:6]}", "ubuntu": f"pf-ubuntu-{uuid.uuid4().hex[:6]}"}
+    try:
+        for name in names.values():
+            docker_hosts.docker(
+                "run", "-d", "--name", name, "--label", label, *docker_hosts.SYSTEMD_FLAGS, IMAGE
+            )
+        os_release = 'NAME="Ubuntu"\nVERSION_ID="22.04"\nID=ubuntu\nID_LIKE=debian\nVERSION_CODENAME=jammy\n'
+        docker_hosts.exec_in(
+            names["ubuntu"],
+            "sh",
+            "-c",
+            f"rm -f /etc/os-release /etc/debian_version && printf '{os_release}' > /etc/os-release",
+        )
+        yield names
+    finally:
+        docker_hosts.remove_labelled(label)
+
+
+def _container_inventory(tmp_path: Path, name: str) -> Path:
+    hosts = {name: {"ansible_connection": "community.docker.docker"}}
+    return write_inventory(tmp_path / "inv", hosts, {g: [name] for g in GROUPS})
+
+
+@pytest.mark.containers
+def test_non_debian_12_host_is_refused(tmp_path, containers):
+    inventory = _container_inventory(tmp_path, containers["ubuntu"])
+    proc = run_playbook(inventory, "site.yml")
+    assert "airflow-ha supports Debian 12 (bookworm) only" in proc.stdout, proc.stdout
+    assert_nothing_changed(proc, inventory)
+
+
+@pytest.mark.containers
+def test_unknown_airflow_version_is_refused(tmp_path, containers):
+    inventory = _container_inventory(tmp_path, containers["debian"])
+    proc = run_playbook(inventory, "site.yml", "-e", "airflow_common_version=9.9.9")
+    assert "Unknown Airflow version 9.9.9" in proc.stdout, proc.stdout
+    assert "Supported: 3.3.2" in proc.stdout
+    assert_nothing_changed(proc, inventory)
+
+
+@pytest.mark.containers
+def test_badly_typed_variable_is_refused_by_the_argument_specs(tmp_path, containers):
+    inventory = _container_inventory(tmp_path, containers["debian"])
+    proc = run_playbook(inventory, "site.yml", "-e", "worker_concurrency=lots")
+    assert "argument 'worker_concurrency' is of type str" in proc.stdout, proc.stdout
+    assert_nothing_changed(proc, inventory)
