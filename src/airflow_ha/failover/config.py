@@ -302,10 +302,20 @@ def validate(cfg: FailoverConfig) -> list[str]:
             p.append(f"unit name {unit!r} is not a valid systemd unit name")
     if len(set(cfg.units)) != len(cfg.units):
         p.append("units contains duplicates")
-    for name in ("ttl", "renew_interval", "safety_margin", "stop_timeout", "statement_timeout", "db_timeout"):
-        if getattr(cfg, name) <= 0:
-            p.append(f"{name} must be > 0 (got {getattr(cfg, name)})")
-    if p:
+    non_positive = [
+        name
+        for name in (
+            "ttl",
+            "renew_interval",
+            "safety_margin",
+            "stop_timeout",
+            "statement_timeout",
+            "db_timeout",
+        )
+        if getattr(cfg, name) <= 0
+    ]
+    if non_positive:
+        p.extend(f"{name} must be > 0 (got {getattr(cfg, name)})" for name in non_positive)
         return p  # the relations below assume positive numbers
     if cfg.ttl <= 2 * cfg.renew_interval + cfg.safety_margin:
         p.append(
