@@ -164,17 +164,18 @@ def cmd_step_down(cfg: FailoverConfig, args: argparse.Namespace) -> int:
         if args.wait <= 0:
             return 0
         end = time.monotonic() + args.wait
+        announced = False
         while time.monotonic() < end:
-            time.sleep(0.5)
+            time.sleep(0.25)
             info = store.read()
             if info is None:
                 continue
             if info.epoch != epoch and info.live_holder:
                 print(f"new leader: {info.live_holder} (epoch {info.epoch})")
                 return 0
-            if info.holder != holder:
+            if info.holder is None and not announced:
                 print(f"{holder} has stepped down; waiting for a standby to take over")
-                holder = info.holder or ""
+                announced = True
         print(f"no new leader within {args.wait:g}s", file=sys.stderr)
         return 1
     finally:

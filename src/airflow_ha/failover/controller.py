@@ -56,7 +56,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import FrameType
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from .. import __version__
 from . import decisions
@@ -107,22 +107,23 @@ class ThreadCaller:
         if timeout <= 0:
             raise CallTimeout("no time left")
         done = threading.Event()
-        box: dict[str, Any] = {}
+        result: list[T] = []
+        error: list[BaseException] = []
 
         def runner() -> None:
             try:
-                box["result"] = fn()
+                result.append(fn())
             except BaseException as exc:
-                box["error"] = exc
+                error.append(exc)
             finally:
                 done.set()
 
         threading.Thread(target=runner, daemon=True, name="airflow-ha-db").start()
         if not done.wait(timeout):
             raise CallTimeout(f"no answer within {timeout:.2f}s")
-        if "error" in box:
-            raise box["error"]
-        return box["result"]  # type: ignore[no-any-return]
+        if error:
+            raise error[0]
+        return result[0]
 
 
 def policy_from_config(cfg: FailoverConfig) -> Policy:

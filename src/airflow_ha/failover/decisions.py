@@ -278,10 +278,11 @@ def _as_holder(
             )
         )
         return Decision(st, (), tuple(notes))
+    unhealthy_since = obs.now if st.unhealthy_since is None else st.unhealthy_since
     if st.unhealthy_since is None:
-        st = replace(st, unhealthy_since=obs.now)
+        st = replace(st, unhealthy_since=unhealthy_since)
         notes.append((logging.WARNING, f"UNHEALTHY: {health_detail}"))
-    elapsed = obs.now - st.unhealthy_since  # type: ignore[operator]
+    elapsed = obs.now - unhealthy_since
     if st.restarts < policy.max_restarts or obs.healthy_standbys == 0:
         why = f"unhealthy for {elapsed:.0f}s: {health_detail}"
         if st.restarts >= policy.max_restarts:
@@ -311,9 +312,9 @@ def _judge(state: ControllerState, obs: Observation, policy: Policy) -> tuple[bo
     units = obs.units_active or {}
     down = [u for u in policy.units if not units.get(u, False)]
     health = obs.leader_health
-    in_grace = state.units_started_at is not None and obs.now - state.units_started_at < policy.startup_grace
-    if in_grace:
-        left = policy.startup_grace - (obs.now - state.units_started_at)  # type: ignore[operator]
+    started = state.units_started_at
+    if started is not None and obs.now - started < policy.startup_grace:
+        left = policy.startup_grace - (obs.now - started)
         if not down and health is not None and health.ok:
             return True, health.detail
         return None, f"starting ({left:.0f}s of start-up grace left)"
@@ -370,9 +371,9 @@ def _as_non_holder(state: ControllerState, obs: Observation, lease: LeaseState, 
     if running:
         actions.append(StopUnits(running, f"standby: {holder or 'nobody'} holds the lease"))
     ready = obs.standby_ready
-    cooling = state.cooldown_until is not None and obs.now < state.cooldown_until
-    if cooling:
-        healthy, detail = False, f"cooling down after step-down ({state.cooldown_until - obs.now:.0f}s left)"  # type: ignore[operator]
+    healthy: bool | None
+    if state.cooldown_until is not None and obs.now < state.cooldown_until:
+        healthy, detail = False, f"cooling down after step-down ({state.cooldown_until - obs.now:.0f}s left)"
     elif ready is None:
         healthy, detail = state.healthy, state.detail
     else:
