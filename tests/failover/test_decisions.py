@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any, TypeVar
 
 import pytest
 
@@ -43,13 +44,13 @@ def other(
     return LeaseState(holder, epoch, remaining, paused, None, held=False)
 
 
-def obs(now: float, lease: LeaseState | None, sent_at: float | None = None, **kw: object) -> Observation:
+def obs(now: float, lease: LeaseState | None, sent_at: float | None = None, **kw: Any) -> Observation:
     return Observation(now=now, sent_at=now - 0.01 if sent_at is None else sent_at, lease=lease, **kw)
 
 
-def leader(now: float = 100.0, epoch: int = 1, **kw: object) -> ControllerState:
+def leader(now: float = 100.0, epoch: int = 1, **kw: Any) -> ControllerState:
     """A settled leader (started long ago, out of its start-up grace)."""
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "role": Role.LEADER,
         "epoch": epoch,
         "deadline": now + 7,
@@ -62,6 +63,15 @@ def leader(now: float = 100.0, epoch: int = 1, **kw: object) -> ControllerState:
     }
     values.update(kw)
     return ControllerState(**values)
+
+
+A = TypeVar("A")
+
+
+def nth(actions: tuple[object, ...], i: int, cls: type[A]) -> A:
+    action = actions[i]
+    assert isinstance(action, cls), actions
+    return action
 
 
 def fences(actions: tuple[object, ...]) -> bool:
@@ -145,9 +155,9 @@ def test_unhealthy_leader_restarts_after_threshold_then_steps_down_after_grace()
     t = episode_start + 60
     d = decide(st, obs(t, held(epoch=1), units_active=ALL_UP, leader_health=BAD, healthy_standbys=1), P)
     assert [type(a) for a in d.actions] == [StopUnits, ReleaseLease]
-    assert d.actions[0].units == UNITS
-    assert not d.actions[0].fence
-    assert d.actions[1].epoch == 1
+    assert nth(d.actions, 0, StopUnits).units == UNITS
+    assert not nth(d.actions, 0, StopUnits).fence
+    assert nth(d.actions, 1, ReleaseLease).epoch == 1
     assert d.state.role is Role.STANDBY
     assert d.state.cooldown_until == pytest.approx(t + P.step_down_cooldown)
 
@@ -298,7 +308,7 @@ def test_step_down_request_stops_then_releases() -> None:
         P,
     )
     assert [type(a) for a in d.actions] == [StopUnits, ReleaseLease]
-    assert d.actions[1].epoch == 7
+    assert nth(d.actions, 1, ReleaseLease).epoch == 7
     assert d.state.role is Role.STANDBY
     assert d.state.cooldown_until == pytest.approx(100.0 + P.step_down_cooldown)
 
@@ -324,7 +334,7 @@ def test_step_down_request_is_ignored_while_paused() -> None:
 def test_shutdown_of_the_leader_stops_units_then_releases() -> None:
     d = shutdown(leader(epoch=9), P)
     assert [type(a) for a in d.actions] == [StopUnits, ReleaseLease]
-    assert d.actions[1].epoch == 9
+    assert nth(d.actions, 1, ReleaseLease).epoch == 9
     assert d.state.role is Role.STOPPED
 
 

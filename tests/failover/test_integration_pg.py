@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -381,6 +382,8 @@ def test_expiry_based_takeover_time(cluster: Cluster) -> None:
     )[0][0]
     takeover = t_b - t_crash
     print(f"takeover after leader vanished: {takeover:.2f}s (ttl {TTL}, interval {INTERVAL})")
+    assert isinstance(acquired, datetime)
+    assert isinstance(expires, datetime)
     assert acquired >= expires  # database clock: not before the old lease expired
     assert takeover <= TTL + INTERVAL + 0.3
     assert takeover >= TTL - INTERVAL - 0.3  # not early either
