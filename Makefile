@@ -62,5 +62,8 @@ lab-destroy: venv ## Remove the lab's containers and network (nothing else)
 bench: setup ## Measure deploy times; writes docs/benchmarks.md
 	$(BIN)/python -m airflow_ha.bench --inventory $(LAB_INVENTORY) --write docs/benchmarks.md
 
+chaos: setup ## Faults one at a time against the running lab under load; writes docs/benchmarks.md
+	$(BIN)/python -m airflow_ha.chaos --inventory $(LAB_INVENTORY) --write docs/benchmarks.md
+
 clean: ## Remove the Python environment and caches (not the base image or the wheelhouse cache)
 	rm -rf $(VENV) .pytest_cache .ruff_cache
