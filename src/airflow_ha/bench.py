@@ -89,12 +89,16 @@ def _mem_gib() -> float:
     return kb / 1024 / 1024
 
 
-def write_section(path: Path, section: str) -> None:
+def write_section(
+    path: Path, section: str, begin: str = BEGIN, end: str = END, heading: str = "Deploy"
+) -> None:
+    """Replace the block between the markers `begin` and `end` with `section` (which carries the
+    markers itself), or append it under a `## heading` when the file has no such block yet."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
     else:
-        text = text.rstrip() + "\n\n## Deploy\n\n" + section + "\n"
+        text = text.rstrip() + f"\n\n## {heading}\n\n" + section + "\n"
     path.write_text(text)
 
 
