@@ -1,0 +1,620 @@
+"""How the chaos run reaches the lab: docker for the containers, the controller's own network for the
+Patroni REST API and the Redis Sentinels (the lab addresses are routable from the docker host), and a
+Python on an Airflow host for the ledger table (that host's venv has the PostgreSQL driver and is
+allowed through pg_hba).
+
+The parsing and decisions are plain functions, unit-tested; `LabOps` does the I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import requests
+import yaml
+
+from airflow_ha import docker_hosts
+from airflow_ha import lab as labmod
+from airflow_ha.api import AirflowApi, ApiError
+from airflow_ha.chaos_faults import ChaosError
+from airflow_ha.chaos_report import LedgerRow, TaskStart
+from airflow_ha.docker_hosts import DockerError
+from airflow_ha.lab import Lab
+
+# Keep in step with dags/airflow_ha_chaos.py (tests/test_chaos.py checks they agree).
+DAG_ID = "airflow_ha_chaos"
+LEDGER_CONN_ID = "airflow_ha_ledger"
+LEDGER_TABLE = "airflow_ha_chaos_ledger"
+
+# No unique constraint on (dag_id, run_id, task_id, map_index, try_number): a try that completes
+# twice shows as two rows. `attempt_id` (one per task execution) only lets a task retry its own
+# insert after a lost connection without writing itself twice.
+LEDGER_DDL = (
+    f"""CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
+    id bigserial PRIMARY KEY,
+    dag_id text NOT NULL,
+    run_id text NOT NULL,
+    task_id text NOT NULL,
+    map_index integer NOT NULL,
+    try_number integer NOT NULL,
+    hostname text NOT NULL,
+    attempt_id text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT clock_timestamp()
+)""",
+    f"CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_run ON {LEDGER_TABLE} (run_id)",
+    f"CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_attempt ON {LEDGER_TABLE} (attempt_id)",
+)
+LEDGER_QUERY = (
+    f"SELECT dag_id, run_id, task_id, map_index, try_number, hostname, recorded_at FROM {LEDGER_TABLE} "
+    "WHERE starts_with(run_id, %s) ORDER BY id"
+)
+
+# libpq settings so a client notices a dead database host in seconds rather than at the kernel's TCP
+# timeout (a killed container answers nothing, not even a reset).
+LIBPQ_FAST_FAIL: dict[str, str] = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",
+}
+
+
+@dataclass(frozen=True)
+class DbAddress:
+    """The metadata database as Airflow's `[database] sql_alchemy_conn` names it."""
+
+    hosts: tuple[tuple[str, int], ...]
+    user: str
+    password: str
+    dbname: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    def libpq(self) -> dict[str, str]:
+        """Keyword arguments for psycopg2/psycopg `connect()`."""
+        return {
+            **LIBPQ_FAST_FAIL,
+            **self.params,
+            "host": ",".join(h for h, _ in self.hosts),
+            "port": ",".join(str(p) for _, p in self.hosts),
+            "user": self.user,
+            "password": self.password,
+            "dbname": self.dbname,
+        }
+
+    def connection_body(self, conn_id: str = LEDGER_CONN_ID) -> dict[str, Any]:
+        """The Airflow connection (REST body) the chaos DAG's tasks use to reach the ledger."""
+        ports = {p for _, p in self.hosts}
+        extra = {**LIBPQ_FAST_FAIL, **self.params}
+        if len(ports) > 1:  # libpq takes one port per host; PostgresHook passes extras to connect()
+            extra["port"] = ",".join(str(p) for _, p in self.hosts)
+        return {
+            "connection_id": conn_id,
+            "conn_type": "postgres",
+            "description": "airflow-ha chaos ledger (python -m airflow_ha.chaos); the metadata database",
+            "host": ",".join(h for h, _ in self.hosts),
+            "port": self.hosts[0][1],
+            "login": self.user,
+            "password": self.password,
+            "schema": self.dbname,
+            "extra": json.dumps(extra),
+        }
+
+
+def parse_sql_alchemy_conn(text: str) -> DbAddress:
+    """Parse `sql_alchemy_conn = postgresql+psycopg2://user:pw@host:port/db?...` as airflow.cfg holds it
+    (a `%` is written `%%` there). Several hosts may be given as `h1:p1,h2:p2` or `?host=h1:p1&host=...`."""
+    value = text.strip()
+    if "=" in value.split("://", 1)[0]:
+        value = value.split("=", 1)[1].strip()
+    value = value.replace("%%", "%")
+    if not value.startswith(("postgresql", "postgres")) or "://" not in value:
+        raise ChaosError(f"sql_alchemy_conn is not a PostgreSQL URL: {value.split('@')[-1]!r}")
+    parts = urlsplit(value)
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    params: dict[str, str] = {}
+    query_hosts: list[str] = []
+    for key, val in parse_qsl(parts.query):
+        if key == "host":
+            query_hosts.append(val)
+        else:
+            params[key] = val
+    specs = [h for h in hostlist.split(",") if h] + query_hosts
+    if not specs:
+        raise ChaosError("sql_alchemy_conn names no database host")
+    hosts = tuple(_host_port(spec) for spec in specs)
+    return DbAddress(hosts, unquote(user), unquote(password), unquote(parts.path.lstrip("/")), params)
+
+
+def _host_port(spec: str) -> tuple[str, int]:
+    if spec.startswith("["):  # [v6]:port
+        host, _, rest = spec[1:].partition("]")
+        return host, int(rest.lstrip(":") or 5432)
+    host, _, port = spec.partition(":")
+    return host, int(port or 5432)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parsing what the cluster answers
+# ---------------------------------------------------------------------------------------------------
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def task_starts(task_instances: list[dict[str, Any]]) -> list[TaskStart]:
+    return [
+        TaskStart(
+            run_id=ti["dag_run_id"],
+            task_id=ti["task_id"],
+            map_index=int(ti.get("map_index", -1)),
+            try_number=int(ti.get("try_number") or 0),
+            queued_at=parse_time(ti.get("queued_when")),
+            started_at=parse_time(ti.get("start_date")),
+            hostname=ti.get("hostname") or "",
+        )
+        for ti in task_instances
+    ]
+
+
+def parse_ledger(text: str) -> list[LedgerRow]:
+    """The ledger reader's JSON output: a list of [dag, run, task, map, try, host, iso time]."""
+    rows = []
+    for dag_id, run, task_id, map_index, try_number, host, when in json.loads(text):
+        recorded = parse_time(when)
+        assert recorded is not None
+        rows.append(LedgerRow(dag_id, run, task_id, int(map_index), int(try_number), host, recorded))
+    return rows
+
+
+def health_problems(payload: Mapping[str, Any]) -> list[str]:
+    """Components of `/api/v2/monitor/health` that are not healthy (a component that never ran,
+    status null, is not counted)."""
+    problems = []
+    for component, info in sorted(payload.items()):
+        status = info.get("status") if isinstance(info, dict) else None
+        if status is not None and status != "healthy":
+            problems.append(f"{component} {status}")
+    if not payload:
+        problems.append("empty health answer")
+    return problems
+
+
+def network_problem(state: str | None, networks: Mapping[str, Any], network: str, address: str) -> str | None:
+    """Why a lab container is not as the inventory says (stopped, or off its network), or None."""
+    if state != "running":
+        return f"{state or 'missing'}"
+    attached = networks.get(network)
+    if not attached:
+        return f"not attached to {network}"
+    if attached.get("IPAddress") != address:
+        return f"at {attached.get('IPAddress') or 'no address'} on {network}, expected {address}"
+    return None
+
+
+def lab_host_for(hostname: str, lab: Lab, group: str | None = None) -> str | None:
+    """The lab host a task instance's `hostname` names (a name, an FQDN or an address)."""
+    names = lab.groups.get(group, []) if group else [h.name for h in lab.hosts]
+    for name in names:
+        if hostname in (name, lab.address(name)) or hostname.split(".", 1)[0] == name:
+            return name
+    return None
+
+
+def busiest(hostnames: list[str], lab: Lab, group: str) -> str | None:
+    counts = Counter(h for h in (lab_host_for(n, lab, group) for n in hostnames) if h)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def holds_address(ip_addr_output: str, address: str) -> bool:
+    """Whether `ip -o addr show` lists the address on some interface."""
+    return any(f" {address}/" in line for line in ip_addr_output.splitlines())
+
+
+def choose_primary(codes: Mapping[str, int | None]) -> str | None:
+    """The database host whose Patroni answered 200 on /primary. Raises when Patroni runs but names
+    no primary (mid-failover). Returns None when no Patroni answered at all (plain PostgreSQL)."""
+    primaries = [host for host, code in codes.items() if code == 200]
+    if primaries:
+        return primaries[0]
+    if any(code is not None for code in codes.values()):
+        answers = ", ".join(f"{h}: {c}" for h, c in codes.items())
+        raise ChaosError(f"Patroni runs but no member is primary ({answers})")
+    return None
+
+
+def as_ip(value: object) -> str | None:
+    """An address from an inventory value such as 172.30.10.10 or 172.30.10.10/24, else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(ipaddress.ip_interface(value.strip()).ip)
+    except ValueError:
+        return None
+
+
+# Redis protocol (RESP), enough to ask a Sentinel one question without redis-cli on the controller.
+def encode_command(*args: str) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def read_reply(stream: BinaryIO) -> Any:
+    """One RESP reply: str for simple strings, bytes for bulk strings, list for arrays, None for
+    nil; an error reply raises ChaosError."""
+    line = stream.readline()
+    if not line.endswith(b"\r\n"):
+        raise ChaosError("connection closed by the Sentinel")
+    kind, body = line[:1], line[1:-2]
+    if kind == b"+":
+        return body.decode()
+    if kind == b"-":
+        raise ChaosError(body.decode())
+    if kind == b":":
+        return int(body)
+    if kind == b"$":
+        size = int(body)
+        if size < 0:
+            return None
+        data = stream.read(size + 2)
+        return data[:-2]
+    if kind == b"*":
+        count = int(body)
+        return None if count < 0 else [read_reply(stream) for _ in range(count)]
+    raise ChaosError(f"unexpected Sentinel reply {line[:40]!r}")
+
+
+def sentinel_master(address: str, port: int, password: str, master: str, timeout: float = 3.0) -> str | None:
+    """The master address a Sentinel reports for `master`, or None (no Sentinel there, or it does not
+    know the master)."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            stream = sock.makefile("rwb")
+            if password:
+                stream.write(encode_command("AUTH", password))
+                stream.flush()
+                try:
+                    read_reply(stream)
+                except ChaosError as exc:
+                    if "without any password" not in str(exc):  # a Sentinel without a password
+                        raise
+            stream.write(encode_command("SENTINEL", "get-master-addr-by-name", master))
+            stream.flush()
+            reply = read_reply(stream)
+    except OSError:
+        return None
+    if not reply:
+        return None
+    return reply[0].decode()
+
+
+def load_secrets(path: os.PathLike[str] | str) -> dict[str, Any]:
+    """The inventory's generated secrets (decrypted with ansible-vault when encrypted)."""
+    text = Path(path).read_text()
+    if text.startswith("$ANSIBLE_VAULT"):
+        text = subprocess.run(
+            [labmod._tool("ansible-vault"), "view", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, ANSIBLE_CONFIG=str(labmod.REPO / "ansible.cfg")),
+        ).stdout
+    return yaml.safe_load(text) or {}
+
+
+def inventory_hostvars(inventory: os.PathLike[str] | str) -> dict[str, dict[str, Any]]:
+    out = subprocess.run(
+        [labmod._tool("ansible-inventory"), "-i", str(inventory), "--list"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out)["_meta"]["hostvars"]
+
+
+# The ledger reader: runs with the venv's Python on an Airflow host, parameters embedded as JSON.
+_LEDGER_SCRIPT = """
+import json
+try:
+    import psycopg2 as driver
+except ImportError:
+    import psycopg as driver
+conn = driver.connect(**P["connect"])
+try:
+    cur = conn.cursor()
+    if P["action"] == "create":
+        for statement in P["ddl"]:
+            cur.execute(statement)
+        out = []
+    else:
+        cur.execute(P["query"], (P["prefix"],))
+        out = [list(r[:6]) + [r[6].isoformat()] for r in cur.fetchall() if r[1].startswith(P["prefix"])]
+    conn.commit()
+finally:
+    conn.close()
+print(json.dumps(out))
+"""
+
+
+def ledger_script(action: str, db: DbAddress, prefix: str = "") -> str:
+    payload = {"action": action, "connect": db.libpq(), "ddl": list(LEDGER_DDL), "query": LEDGER_QUERY}
+    payload["prefix"] = prefix
+    return f"import json\nP = json.loads({json.dumps(payload)!r})\n{_LEDGER_SCRIPT}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The lab
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class LabOps:
+    """The faults' and the runner's hands on the lab (implements chaos_faults.Ops)."""
+
+    lab: Lab
+    api: AirflowApi
+    secrets: dict[str, Any]
+    hostvars: dict[str, dict[str, Any]]
+    down_mode: str = "kill"  # "kill": SIGKILL to the container (power loss); "stop": docker stop
+    airflow_home: str = "/opt/airflow"
+    patroni_port: int = 8008
+    sentinel_port: int = 26379
+    sentinel_master_name: str = "airflow-broker"
+
+    def log(self, message: str) -> None:
+        print(f"[chaos] {message}", flush=True)
+
+    # -- containers ---------------------------------------------------------------------------------
+    def exec(self, host: str, *command: str) -> str:
+        return docker_hosts.exec_in(host, *command)
+
+    def running(self, host: str) -> bool:
+        return docker_hosts.container_state(host) == "running"
+
+    def host_down(self, host: str) -> None:
+        if self.down_mode == "stop":
+            docker_hosts.docker("stop", "--time", "10", host)
+            self.log(f"{host}: docker stop (systemd shuts down, SIGKILL after 10 s)")
+        else:
+            docker_hosts.docker("kill", host)
+            self.log(f"{host}: docker kill (every process gone at once, like a power loss)")
+
+    def host_up(self, host: str) -> None:
+        if not self.running(host):
+            docker_hosts.docker("start", host)
+            self.log(f"{host}: docker start")
+        docker_hosts.wait_for_systemd(host, timeout=180)
+
+    def disconnect(self, host: str) -> None:
+        docker_hosts.docker("network", "disconnect", self.lab.network, host)
+        self.log(f"{host}: docker network disconnect {self.lab.network}")
+
+    def connect(self, host: str) -> None:
+        address = self.lab.address(host)
+        if self._networks(host).get(self.lab.network):
+            self.log(f"{host}: already on {self.lab.network}")
+            return
+        docker_hosts.docker("network", "connect", "--ip", address, self.lab.network, host)
+        self.log(f"{host}: docker network connect --ip {address} {self.lab.network}")
+
+    def _networks(self, host: str) -> dict[str, Any]:
+        proc = docker_hosts.docker(
+            "container", "inspect", "-f", "{{json .NetworkSettings.Networks}}", host, check=False
+        )
+        return json.loads(proc.stdout or "{}") if proc.returncode == 0 else {}
+
+    def container_problems(self) -> list[str]:
+        problems = []
+        for host in self.lab.hosts:
+            state = docker_hosts.container_state(host.name)
+            why = network_problem(state, self._networks(host.name), self.lab.network, host.address)
+            if why:
+                problems.append(f"{host.name} {why}")
+        return problems
+
+    # -- targets ------------------------------------------------------------------------------------
+    def active_scheduler_host(self) -> str:
+        for host in self.lab.groups.get("airflow_scheduler", []):
+            if not self.running(host):
+                continue
+            state = docker_hosts.exec_in(host, "systemctl", "is-active", "airflow-scheduler", check=False)
+            if state.strip() == "active":
+                return host
+        raise ChaosError("no scheduler host has airflow-scheduler active")
+
+    def busy_worker(self, wait: float = 30.0) -> str:
+        """The worker with the most running task instances (the API's hostname), else the first
+        running worker."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                tis = self.api.get("/api/v2/dags/~/dagRuns/~/taskInstances", state="running", limit=100)
+                host = busiest(
+                    [ti.get("hostname") or "" for ti in tis["task_instances"]], self.lab, "airflow_worker"
+                )
+                if host and self.running(host):
+                    return host
+            except (ApiError, requests.RequestException) as exc:
+                self.log(f"running task instances not readable yet: {exc}")
+            time.sleep(2)
+        for host in self.lab.groups.get("airflow_worker", []):
+            if self.running(host):
+                self.log(f"no worker reported running tasks within {wait:.0f} s; taking {host}")
+                return host
+        raise ChaosError("no worker container is running")
+
+    def vip(self) -> str | None:
+        """The API's virtual address: `loadbalancer_vip` from the inventory, else the API URL's host
+        when it is no lab host's own address; None when there is no VIP."""
+        lbs = self.lab.groups.get("airflow_loadbalancer", [])
+        for host in lbs:
+            found = as_ip(self.hostvars.get(host, {}).get("loadbalancer_vip"))
+            if found:
+                return found
+        api_host = urlsplit(self.lab.api_url).hostname or ""
+        own = {h.address for h in self.lab.hosts}
+        return api_host if as_ip(api_host) and api_host not in own else None
+
+    def vip_holder(self) -> str:
+        lbs = self.lab.groups.get("airflow_loadbalancer", [])
+        if not lbs:
+            raise ChaosError("the inventory has no airflow_loadbalancer host")
+        vip = self.vip()
+        if vip:
+            for host in lbs:
+                if self.running(host) and holds_address(
+                    docker_hosts.exec_in(host, "ip", "-o", "addr", "show", check=False), vip
+                ):
+                    self.log(f"{host} holds the VIP {vip}")
+                    return host
+            self.log(f"no load balancer holds the VIP {vip}; taking the first, {lbs[0]}")
+        else:
+            self.log(f"no VIP configured; taking the first load balancer, {lbs[0]}")
+        return lbs[0]
+
+    def db_primary(self, wait: float = 60.0) -> str:
+        hosts = self.lab.groups.get("airflow_metadata_db", [])
+        if not hosts:
+            raise ChaosError("the inventory has no airflow_metadata_db host")
+        deadline = time.monotonic() + wait
+        while True:
+            codes = {
+                h: self._http_status(f"http://{self.lab.address(h)}:{self.patroni_port}/primary")
+                for h in hosts
+            }
+            try:
+                primary = choose_primary(codes)
+            except ChaosError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(3)
+                continue
+            if primary:
+                self.log(f"Patroni: {primary} is the primary")
+                return primary
+            self.log(
+                f"no Patroni answers on port {self.patroni_port}; taking the first database host, {hosts[0]}"
+            )
+            return hosts[0]
+
+    def _http_status(self, url: str) -> int | None:
+        try:
+            return requests.get(url, timeout=3).status_code
+        except requests.RequestException:
+            return None
+
+    def broker_master(self) -> str:
+        brokers = self.lab.groups.get("airflow_broker", [])
+        if not brokers:
+            raise ChaosError("the inventory has no airflow_broker host")
+        password = str(self.secrets.get("broker_sentinel_password") or "")
+        candidates = brokers + [h.name for h in self.lab.hosts if h.name not in brokers]
+        answers: Counter[str] = Counter()
+        for host in candidates:
+            if not self.running(host):
+                continue
+            found = sentinel_master(
+                self.lab.address(host), self.sentinel_port, password, self.sentinel_master_name
+            )
+            if found:
+                answers[found] += 1
+        if answers:
+            address = answers.most_common(1)[0][0]
+            host = lab_host_for(address, self.lab)
+            if host is None:
+                raise ChaosError(f"the Sentinels name {address} as the Redis master, which is no lab host")
+            self.log(f"Sentinels: {host} ({address}) is the Redis master")
+            return host
+        self.log(
+            f"no Sentinel answers on port {self.sentinel_port}; taking the first broker host, {brokers[0]}"
+        )
+        return brokers[0]
+
+    # -- the database and the ledger ------------------------------------------------------------------
+    def airflow_host(self) -> str:
+        """A running host with Airflow's venv, for reading airflow.cfg and the ledger."""
+        groups = ("airflow_scheduler", "airflow_webserver", "airflow_worker")
+        for group in groups:
+            for host in self.lab.groups.get(group, []):
+                if self.running(host):
+                    return host
+        raise ChaosError("no Airflow host is running")
+
+    def db_address(self) -> DbAddress:
+        host = self.airflow_host()
+        cfg = f"{self.airflow_home}/airflow.cfg"
+        line = docker_hosts.exec_in(host, "grep", "-E", r"^sql_alchemy_conn\s*=", cfg, check=False).strip()
+        if not line:
+            raise ChaosError(f"{host}: no [database] sql_alchemy_conn in {cfg}")
+        return parse_sql_alchemy_conn(line.splitlines()[0])
+
+    def run_python(self, script: str, timeout: float = 120) -> str:
+        host = self.airflow_host()
+        python = f"{self.airflow_home}/venv/bin/python"
+        proc = subprocess.run(
+            ["docker", "exec", "-i", host, python, "-"],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if proc.returncode != 0:
+            raise DockerError(f"{host}: ledger query failed: {proc.stderr.strip()[-500:]}")
+        return proc.stdout
+
+    def ensure_ledger_table(self, db: DbAddress) -> None:
+        self.run_python(ledger_script("create", db))
+
+    def read_ledger(self, db: DbAddress, prefix: str, attempts: int = 10) -> list[LedgerRow]:
+        for attempt in range(1, attempts + 1):
+            try:
+                return parse_ledger(
+                    self.run_python(ledger_script("read", db, prefix)).strip().splitlines()[-1]
+                )
+            except (DockerError, ChaosError, subprocess.TimeoutExpired, IndexError) as exc:
+                if attempt == attempts:
+                    raise ChaosError(f"the ledger could not be read: {exc}") from exc
+                self.log(f"ledger not readable yet ({exc}); retrying")
+                time.sleep(5)
+        raise AssertionError("unreachable")
+
+    def api_problems(self) -> list[str]:
+        try:
+            resp = requests.get(f"{self.lab.api_url}/api/v2/monitor/health", timeout=5)
+        except requests.RequestException as exc:
+            return [f"API not answering: {exc.__class__.__name__}"]
+        if resp.status_code != 200:
+            return [f"API health HTTP {resp.status_code}"]
+        try:
+            return health_problems(resp.json())
+        except ValueError:
+            return ["API health answer is not JSON"]
+
+
+def ensure_connection(api: AirflowApi, db: DbAddress, conn_id: str = LEDGER_CONN_ID) -> str:
+    """Create the ledger's Airflow connection through the API, or update it if it exists."""
+    body = db.connection_body(conn_id)
+    resp = api.session.post(f"{api.base_url}/api/v2/connections", json=body, timeout=api.timeout)
+    if resp.status_code in (200, 201):
+        return "created"
+    if resp.status_code != 409:
+        raise ApiError(f"POST /api/v2/connections: HTTP {resp.status_code}: {resp.text[:300]}")
+    api.request("PATCH", f"/api/v2/connections/{conn_id}", json=body)
+    return "updated"
