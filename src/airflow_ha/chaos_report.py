@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -377,7 +377,3 @@ def render_section(
         lines += ["", *(f"- missed: {r}" for r in reasons), *(f"- note: {n}" for n in notes)]
     lines.append(END)
     return "\n".join(lines)
-
-
-def host_counts(hostnames: Iterable[str]) -> Counter[str]:
-    return Counter(h for h in hostnames if h)
