@@ -48,3 +48,32 @@ def test_cluster_vars_loaded_for_the_lab_inventory():
     assert shown["cluster_vars_loaded"] is True
     # The lab has a load balancer host: the API goes through it.
     assert shown["api_url"] == "http://172.30.10.11:8080"
+
+
+HA_INVENTORY = """
+all:
+  vars: {loadbalancer_vip: 10.9.0.100}
+  children:
+    airflow_metadata_db:
+      hosts: {i1: {airflow_node_address: 10.9.0.11}, i2: {airflow_node_address: 10.9.0.12},
+              i3: {airflow_node_address: 10.9.0.13}}
+    airflow_etcd: {hosts: {i1: {}, i2: {}, i3: {}}}
+    airflow_broker: {hosts: {i1: {}, i2: {}, i3: {}}}
+    airflow_loadbalancer: {hosts: {i1: {}, i2: {}}}
+    airflow_webserver: {hosts: {a1: {airflow_node_address: 10.9.0.21}}}
+    airflow_scheduler: {hosts: {a1: {}}}
+    airflow_worker: {hosts: {w1: {airflow_node_address: 10.9.0.31}}}
+"""
+
+
+def test_ha_inventory_goes_through_the_vip_and_the_sentinels(tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(HA_INVENTORY)
+    proc = run_playbook(inventory, "playbooks/show-config.yml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shown = _shown(proc.stdout)
+    assert shown["api_url"] == "http://10.9.0.100:8080"
+    # PostgreSQL through HAProxy on the VIP, on its own port (not 5432: it may share a host).
+    assert shown["db_host"] == "10.9.0.100"
+    assert int(shown["db_port"]) == 5433
+    assert shown["broker_sentinels"] == ["10.9.0.11:26379", "10.9.0.12:26379", "10.9.0.13:26379"]

@@ -59,6 +59,30 @@ def test_empty_required_group_is_refused_before_anything(tmp_path):
     assert not (inventory / ".secrets").exists(), "secrets were generated before the inventory was valid"
 
 
+def test_even_etcd_group_is_refused_before_anything(tmp_path):
+    hosts = {f"h{i}": {"ansible_host": f"192.0.2.{i}"} for i in range(1, 5)}
+    groups = {g: ["h1"] for g in GROUPS} | {
+        "airflow_metadata_db": ["h1", "h2"],
+        "airflow_etcd": ["h1", "h2", "h3", "h4"],
+        "airflow_loadbalancer": ["h3"],
+    }
+    inventory = write_inventory(tmp_path / "inv", hosts, groups)
+    proc = run_playbook(inventory, "site.yml")
+    assert "That needs an odd number (3 or more) of hosts in airflow_etcd (it has 4)" in proc.stdout, (
+        proc.stdout
+    )
+    assert_nothing_changed(proc, inventory)
+
+
+def test_two_broker_hosts_are_refused_before_anything(tmp_path):
+    hosts = {f"h{i}": {"ansible_host": f"192.0.2.{i}"} for i in range(1, 3)}
+    groups = {g: ["h1"] for g in GROUPS} | {"airflow_broker": ["h1", "h2"]}
+    inventory = write_inventory(tmp_path / "inv", hosts, groups)
+    proc = run_playbook(inventory, "site.yml")
+    assert "airflow_broker has 2 hosts" in proc.stdout, proc.stdout
+    assert_nothing_changed(proc, inventory)
+
+
 @pytest.fixture(scope="module")
 def containers():
     """Two throwaway hosts from the base image: a Debian 12 one and one that says it is Ubuntu."""
