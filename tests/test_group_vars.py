@@ -46,8 +46,9 @@ def test_cluster_vars_loaded_for_the_lab_inventory():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     shown = _shown(proc.stdout)
     assert shown["cluster_vars_loaded"] is True
-    # The lab has a load balancer host: the API goes through it.
-    assert shown["api_url"] == "http://172.30.10.11:8080"
+    # The lab has load balancers sharing a VIP: the API and PostgreSQL go through it.
+    assert shown["api_url"] == "http://172.30.10.10:8080"
+    assert shown["db_host"] == "172.30.10.10"
 
 
 HA_INVENTORY = """

@@ -34,6 +34,7 @@ class Lab:
     subnet: str
     hosts: tuple[HostSpec, ...]
     groups: dict[str, list[str]]
+    vip: str = ""
 
     @property
     def label(self) -> str:
@@ -52,7 +53,9 @@ class Lab:
 
     @property
     def api_url(self) -> str:
-        """The load balancer's API address (the first airflow_loadbalancer host, port 8080)."""
+        """The API's front address: the VIP, else the first load balancer (or api-server), port 8080."""
+        if self.vip:
+            return f"http://{self.vip.split('/')[0]}:8080"
         front = self.groups.get("airflow_loadbalancer") or self.groups["airflow_webserver"]
         return f"http://{self.address(front[0])}:8080"
 
@@ -86,6 +89,7 @@ def load_lab(inventory: Path) -> Lab:
         subnet=str(first["lab_subnet"]),
         hosts=tuple(hosts),
         groups=groups,
+        vip=str(first.get("loadbalancer_vip", "")),
     )
 
 
@@ -199,11 +203,12 @@ def summary(lab: Lab) -> str:
     rel = os.path.relpath(lab.secrets_file, Path.cwd())
     key = os.path.relpath(lab.key_file, Path.cwd())
     apis = len(lab.groups["airflow_webserver"])
+    front = "keepalived VIP, " if lab.vip else ""
     return "\n".join(
         [
             "",
             "airflow-ha lab is up.",
-            f"  API and UI:     {lab.api_url}  (HAProxy in front of {apis} api-servers)",
+            f"  API and UI:     {lab.api_url}  ({front}HAProxy in front of {apis} api-servers)",
             "  Admin user:     admin",
             f"  Admin password: key admin_password in {rel}",
             f"                  (grep admin_password {rel})",

@@ -1,0 +1,17 @@
+"""The lab is read from inventories/lab the way Ansible reads it."""
+
+from __future__ import annotations
+
+from airflow_ha import lab as labmod
+
+
+def test_lab_inventory_is_read_with_addresses_groups_and_vip():
+    lab = labmod.load_lab(labmod.REPO / "inventories" / "lab")
+    assert lab.network == "airflow-ha-lab"
+    assert lab.subnet == "172.30.10.0/24"
+    names = {h.name for h in lab.hosts}
+    assert {"lab-infra1", "lab-infra2", "lab-infra3", "lab-worker1", "lab-worker2"} <= names
+    assert lab.address("lab-infra2") == "172.30.10.12"
+    assert len(lab.groups["airflow_etcd"]) == 3
+    assert lab.api_url == "http://172.30.10.10:8080"
+    assert "keepalived VIP" in labmod.summary(lab)
