@@ -8,6 +8,11 @@ import pytest
 
 from helpers import REPO, ansible_env, tool
 
+# Scenarios `make test` leaves to `make molecule-failover`: the scheduler_failover role is not yet
+# part of site.yml, and its two scenarios (three Airflow hosts each, two faults) take about 15 min
+# each on 2 cores, which would push `make test` past its 60 min budget. They run with
+# `pytest -m failover_scenarios` (make molecule-failover).
+FAILOVER_SCENARIOS = {"scheduler_failover_active_active", "scheduler_failover_active_standby"}
 # Cheapest first, so a broken basic role fails the run early.
 ORDER = ["metadata_db", "broker", "loadbalancer", "scheduler", "webserver", "worker"]
 SCENARIOS = sorted(
@@ -20,8 +25,12 @@ def test_every_scenario_is_listed():
     assert set(ORDER) <= set(SCENARIOS), f"scenarios missing: {set(ORDER) - set(SCENARIOS)}"
 
 
+def _marks(name: str) -> list[pytest.MarkDecorator]:
+    return [pytest.mark.failover_scenarios] if name in FAILOVER_SCENARIOS else []
+
+
 @pytest.mark.molecule
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", [pytest.param(s, marks=_marks(s)) for s in SCENARIOS])
 def test_scenario(scenario):
     proc = subprocess.run(
         [tool("molecule"), "test", "-s", scenario],
