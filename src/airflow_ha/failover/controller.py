@@ -81,6 +81,7 @@ from .systemd import (
     ServiceManager,
     SystemctlServiceManager,
     sd_notify,
+    wait_pinging,
     watchdog_interval,
 )
 
@@ -247,15 +248,7 @@ class Controller:
 
     def _wait(self, delay: float) -> None:
         """Sleep ``delay`` seconds (wake on stop), pinging the systemd watchdog meanwhile."""
-        end = self.clock() + delay
-        while not self._stop.is_set():
-            left = end - self.clock()
-            if left <= 0:
-                return
-            step = left if self.watchdog is None else min(left, self.watchdog)
-            if self._stop.wait(step):
-                return
-            self._ping()
+        wait_pinging(self._stop, self.clock, delay, self.watchdog, self._ping)
 
     def _ping(self) -> None:
         if self.watchdog is not None:

@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -197,3 +198,23 @@ def setup_logging(verbose: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("psycopg").setLevel(logging.WARNING)
+
+
+def wait_pinging(
+    stop: threading.Event,
+    clock: Callable[[], float],
+    delay: float,
+    every: float | None,
+    ping: Callable[[], None],
+) -> None:
+    """Sleep ``delay`` seconds of ``clock``, waking early when ``stop`` is set, calling ``ping``
+    (the systemd watchdog) every ``every`` seconds meanwhile (never when ``every`` is None)."""
+    end = clock() + delay
+    while not stop.is_set():
+        left = end - clock()
+        if left <= 0:
+            return
+        step = left if every is None else min(left, every)
+        if stop.wait(step):
+            return
+        ping()

@@ -73,6 +73,7 @@ from .systemd import (
     SystemctlServiceManager,
     sd_notify,
     setup_logging,
+    wait_pinging,
     watchdog_interval,
 )
 
@@ -567,15 +568,7 @@ class Watchdog:
         return 0
 
     def _wait(self, delay: float) -> None:
-        end = self.clock() + delay
-        while not self._stop.is_set():
-            left = end - self.clock()
-            if left <= 0:
-                return
-            step = left if self.watchdog_every is None else min(left, self.watchdog_every)
-            if self._stop.wait(step):
-                return
-            self._ping()
+        wait_pinging(self._stop, self.clock, delay, self.watchdog_every, self._ping)
 
 
 def _install_signal_handlers(dog: Watchdog) -> None:
