@@ -64,7 +64,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from .. import __version__
-from .config import ConfigError, normalise_unit
+from .config import ConfigError, _convert_section, normalise_unit
 from .health import HealthReport, HttpHealthChecker
 from .systemd import (
     DryRunServiceManager,
@@ -116,47 +116,12 @@ class WatchdogConfig:
         return health_threshold + self.failure_threshold * self.interval + self.timeout
 
 
-_FLOATS = (
-    "interval",
-    "timeout",
-    "startup_grace",
-    "stop_timeout",
-    "backoff_initial",
-    "backoff_max",
-    "backoff_reset",
-)
-
-
 def watchdog_config_from_mapping(data: Mapping[str, Any], source: str = "<config>") -> WatchdogConfig:
     """Build and validate a configuration from parsed TOML; raises :class:`ConfigError`."""
     problems: list[str] = []
-    values: dict[str, Any] = {}
-    known = {*_FLOATS, "failure_threshold", "dry_run", "systemctl", "watch"}
-    problems.extend(f"{source}: unknown key {key}" for key in sorted(set(data) - known))
-    for key in _FLOATS:
-        if key in data:
-            raw = data[key]
-            if isinstance(raw, bool) or not isinstance(raw, int | float):
-                problems.append(f"{source}: {key}: expected a number, got {raw!r}")
-            else:
-                values[key] = float(raw)
-    if "failure_threshold" in data:
-        raw = data["failure_threshold"]
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            problems.append(f"{source}: failure_threshold: expected an integer, got {raw!r}")
-        else:
-            values["failure_threshold"] = raw
-    for key in ("dry_run",):
-        if key in data:
-            if not isinstance(data[key], bool):
-                problems.append(f"{source}: {key}: expected a boolean, got {data[key]!r}")
-            else:
-                values[key] = data[key]
-    if "systemctl" in data:
-        if not isinstance(data["systemctl"], str):
-            problems.append(f"{source}: systemctl: expected a string")
-        else:
-            values["systemctl"] = data["systemctl"]
+    # Scalar settings are typed by WatchdogConfig's fields, checked like the controller's config.
+    scalars = {key: value for key, value in data.items() if key != "watch"}
+    values = _convert_section(WatchdogConfig, scalars, {}, "", "", source, problems, skip={"targets"})
     if "watch" in data:
         watch = data["watch"]
         targets: list[WatchTarget] = []
