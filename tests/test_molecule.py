@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+from contextlib import ExitStack
 
 import pytest
+
+from airflow_ha.testproxy import running_proxy
 
 from helpers import REPO, ansible_env, tool
 
@@ -13,6 +16,8 @@ from helpers import REPO, ansible_env, tool
 # each on 2 cores, which would push `make test` past its 60 min budget. They run with
 # `pytest -m failover_scenarios` (make molecule-failover).
 FAILOVER_SCENARIOS = {"scheduler_failover_active_active", "scheduler_failover_active_standby"}
+# The scenario whose worker installs Airflow from a package index through a proxy.
+INDEX_SCENARIO = "worker"
 # Cheapest first, so a broken basic role fails the run early.
 ORDER = ["metadata_db", "broker", "loadbalancer", "scheduler", "webserver", "worker"]
 SCENARIOS = sorted(
@@ -32,14 +37,24 @@ def _marks(name: str) -> list[pytest.MarkDecorator]:
 @pytest.mark.molecule
 @pytest.mark.parametrize("scenario", [pytest.param(s, marks=_marks(s)) for s in SCENARIOS])
 def test_scenario(scenario):
-    proc = subprocess.run(
-        [tool("molecule"), "test", "-s", scenario],
-        cwd=REPO,
-        env=ansible_env(ANSIBLE_CONFIG="", PY_COLORS="0", ANSIBLE_NOCOLOR="1"),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    env = ansible_env(ANSIBLE_CONFIG="", PY_COLORS="0", ANSIBLE_NOCOLOR="1")
+    with ExitStack() as stack:
+        # The worker scenario's worker host installs from PyPI through this proxy (its vars.yml).
+        proxy = stack.enter_context(running_proxy()) if scenario == INDEX_SCENARIO else None
+        if proxy:
+            env["AIRFLOW_HA_TEST_PROXY_PORT"] = str(proxy.port)
+        proc = subprocess.run(
+            [tool("molecule"), "test", "-s", scenario],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-200:])
         pytest.fail(f"molecule test -s {scenario} failed ({proc.returncode}):\n{tail}")
+    if proxy:
+        # pip fetched the index pages and the wheels through the proxy, and nothing was refused.
+        assert {"pypi.org:443", "files.pythonhosted.org:443"} <= set(proxy.tunnels), proxy.tunnels
+        assert not proxy.refused, proxy.refused
