@@ -130,6 +130,26 @@ def test_load_balancer_answers_with_one_api_server_stopped(lab, api):
         subprocess.run(["docker", "exec", stopped, "systemctl", "start", "airflow-api-server"], check=True)
 
 
+def test_planned_database_switchover_fails_no_task(lab, api):
+    """playbooks/db-switchover.yml while DAG runs are in flight (docs/runbooks/database-switchover.md)."""
+    api.wait_for_dag(DAG)
+    api.unpause(DAG)
+    run_ids = [api.trigger(DAG) for _ in range(2)]
+    result = labmod.run_playbook(lab, "playbooks/db-switchover.yml")
+    assert result.returncode == 0, "db-switchover.yml failed (output above)"
+    moved = re.search(r"The primary moved from (\S+) to (\S+)\.", result.stdout)
+    assert moved, "no switchover report in the output"
+    assert moved.group(1) != moved.group(2)
+    run_ids.append(api.trigger(DAG))
+    for run_id in run_ids:
+        run = api.wait_for_run(DAG, run_id)
+        assert run["state"] == "success", f"{run_id} ended {run['state']}"
+        tis = api.task_instances(DAG, run_id)
+        failed = [(t["task_id"], t["map_index"], t["state"], t["try_number"]) for t in tis]
+        failed = [t for t in failed if t[2] != "success" or t[3] != 1]
+        assert not failed, f"{run_id}: tasks failed or retried across the switchover: {failed}"
+
+
 def test_second_site_run_changes_nothing(lab):
     result = labmod.run_playbook(lab)
     assert result.returncode == 0
