@@ -283,23 +283,31 @@ def read_reply(stream: BinaryIO) -> Any:
     raise ChaosError(f"unexpected Sentinel reply {line[:40]!r}")
 
 
+def redis_call(address: str, port: int, password: str, *command: str, timeout: float = 3.0) -> Any:
+    """One command to a Redis server or Sentinel (after AUTH when a password is given); its reply.
+    Raises OSError when nothing answers and ChaosError on an error reply."""
+    with socket.create_connection((address, port), timeout=timeout) as sock:
+        stream = sock.makefile("rwb")
+        if password:
+            stream.write(encode_command("AUTH", password))
+            stream.flush()
+            try:
+                read_reply(stream)
+            except ChaosError as exc:
+                if "without any password" not in str(exc):  # a server without a password
+                    raise
+        stream.write(encode_command(*command))
+        stream.flush()
+        return read_reply(stream)
+
+
 def sentinel_master(address: str, port: int, password: str, master: str, timeout: float = 3.0) -> str | None:
     """The master address a Sentinel reports for `master`, or None (no Sentinel there, or it does not
     know the master)."""
     try:
-        with socket.create_connection((address, port), timeout=timeout) as sock:
-            stream = sock.makefile("rwb")
-            if password:
-                stream.write(encode_command("AUTH", password))
-                stream.flush()
-                try:
-                    read_reply(stream)
-                except ChaosError as exc:
-                    if "without any password" not in str(exc):  # a Sentinel without a password
-                        raise
-            stream.write(encode_command("SENTINEL", "get-master-addr-by-name", master))
-            stream.flush()
-            reply = read_reply(stream)
+        reply = redis_call(
+            address, port, password, "SENTINEL", "get-master-addr-by-name", master, timeout=timeout
+        )
     except OSError:
         return None
     if not reply:
