@@ -10,7 +10,7 @@ import socket
 import time
 
 import pendulum
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, get_current_context, task
 
 with DAG(
     dag_id="airflow_ha_sample",
@@ -23,8 +23,11 @@ with DAG(
 
     @task
     def report_host(index: int) -> str:
-        """Sleep a little so the tasks spread over the workers, then return this host's name."""
-        time.sleep(3)
+        """Sleep a little (3 s, or the run conf's `sleep`) so the tasks spread over the workers,
+        then return this host's name. `make bench` runs it with a long sleep to see tasks survive
+        an API outage."""
+        conf = get_current_context()["dag_run"].conf or {}
+        time.sleep(float(conf.get("sleep", 3)))
         host = socket.getfqdn()
         print(f"task {index} ran on {host}")
         return host

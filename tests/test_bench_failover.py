@@ -6,7 +6,16 @@ import datetime as dt
 
 import pytest
 
-from airflow_ha.bench_failover import Result, Sample, Tier, measure, render_section, run, wait_until
+from airflow_ha.bench_failover import (
+    OutageTrial,
+    Result,
+    Sample,
+    Tier,
+    measure,
+    render_section,
+    run,
+    wait_until,
+)
 from airflow_ha.chaos_faults import ChaosError
 
 
@@ -115,3 +124,10 @@ def test_repetitions_median_worst_and_targets():
     row = next(line for line in text.splitlines() if line.startswith("| database"))
     assert "| 5.0 s | 6.5 s | 3 | 9.0 s |" in row
     assert "Missed: database: 1 of 3" in text
+
+
+def test_outage_trials_are_tabled():
+    trials = [OutageTrial(15, 8, 8, "success"), OutageTrial(60, 8, 0, "failed")]
+    text = render_section([], "cmd", dt.datetime(2026, 1, 2), 2, trials)
+    assert "| 15 s | 8 of 8 | success |" in text
+    assert "| 60 s | 0 of 8 | failed |" in text

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import requests
 
 from airflow_ha import lab as labmod
-from airflow_ha.api import AirflowApi
+from airflow_ha.api import AirflowApi, ApiError
 from airflow_ha.chaos_faults import ChaosError
 from airflow_ha.chaos_lab import (
     DbAddress,
@@ -183,20 +183,32 @@ def render_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
-def render_section(results: Sequence[Result], command: str, when: dt.datetime, cores: int | None) -> str:
+def render_section(
+    results: Sequence[Result],
+    command: str,
+    when: dt.datetime,
+    cores: int | None,
+    outages: Sequence[OutageTrial] = (),
+) -> str:
     reasons = [r for res in results for r in res.missed()]
-    return "\n".join(
-        [
-            BEGIN,
-            f"Measured {when:%Y-%m-%d %H:%M} UTC on {cores} cores with `{command}` against the lab of",
-            "`inventories/lab` (idle: no DAG runs), each host killed with `docker kill`:",
+    lines = [
+        BEGIN,
+        f"Measured {when:%Y-%m-%d %H:%M} UTC on {cores} cores with `{command}` against the lab of",
+        "`inventories/lab` (idle: no DAG runs), each host killed with `docker kill`:",
+        "",
+        render_table(results),
+        "",
+        "All targets met." if not reasons else "Missed: " + "; ".join(reasons),
+    ]
+    if outages:
+        lines += [
             "",
-            render_table(results),
+            "How long running tasks survive without the API: the sample DAG's 8 tasks sleep past the",
+            "outage while every api-server is stopped (`systemctl stop airflow-api-server`):",
             "",
-            "All targets met." if not reasons else "Missed: " + "; ".join(reasons),
-            END,
+            render_outages(outages),
         ]
-    )
+    return "\n".join([*lines, END])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -299,6 +311,68 @@ def lab_tiers(ops: LabOps, names: Sequence[str], redis_port: int = 6379, api_por
     return [available[n] for n in names]
 
 
+# ---------------------------------------------------------------------------------------------------
+# How long running tasks survive without any api-server
+# ---------------------------------------------------------------------------------------------------
+SAMPLE_DAG = "airflow_ha_sample"
+
+
+@dataclass
+class OutageTrial:
+    outage: float  # seconds every api-server was stopped
+    tasks: int  # task instances of the run
+    survived: int  # of them, succeeded on their first try
+    run_state: str
+
+
+def outage_trial(
+    api: AirflowApi,
+    ops: LabOps,
+    outage: float,
+    margin: float = 40.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> OutageTrial:
+    """Run the sample DAG with tasks sleeping `outage + margin` s; once they run, stop every
+    api-server for `outage` s; count the tasks that still succeed on their first try."""
+    webservers = ops.lab.groups.get("airflow_webserver", [])
+    api.wait_for_dag(SAMPLE_DAG)
+    api.unpause(SAMPLE_DAG)
+    run_id = api.trigger(SAMPLE_DAG, conf={"sleep": outage + margin})
+    started = wait_until(
+        lambda: any(t["state"] == "running" for t in api.task_instances(SAMPLE_DAG, run_id)), 120, 1.0
+    )
+    if started is None:
+        raise ChaosError(f"no task of {run_id} started running within 120 s")
+    sleep(3)  # let every mapped task start
+    for host in webservers:
+        ops.exec(host, "systemctl", "stop", "airflow-api-server")
+    ops.log(f"api outage: every api-server stopped for {outage:.0f} s")
+    try:
+        sleep(outage)
+    finally:
+        for host in webservers:
+            ops.exec(host, "systemctl", "start", "airflow-api-server")
+    if wait_until(lambda: _http_ok(f"{ops.lab.api_url}/api/v2/monitor/health"), 180, 1.0) is None:
+        raise ChaosError("the API did not answer again within 180 s of the api-servers' start")
+    api.login()
+    run = api.wait_for_run(SAMPLE_DAG, run_id, wait=outage + margin + 600)
+    tis = [t for t in api.task_instances(SAMPLE_DAG, run_id) if t["task_id"] == "report_host"]
+    survived = sum(1 for t in tis if t["state"] == "success" and t["try_number"] == 1)
+    ops.log(
+        f"api outage of {outage:.0f} s: {survived} of {len(tis)} running tasks survived; run {run['state']}"
+    )
+    return OutageTrial(outage, len(tis), survived, run["state"])
+
+
+def render_outages(trials: Sequence[OutageTrial]) -> str:
+    lines = [
+        "| every api-server stopped for | running tasks that succeeded on their first try | DAG run |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {t.outage:.0f} s | {t.survived} of {t.tasks} | {t.run_state} |" for t in trials]
+    return "\n".join(lines)
+
+
 def write_section(path: Path, section: str) -> None:
     from airflow_ha.bench import write_section as write
 
@@ -313,6 +387,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tiers", default="database,broker,api", help="comma-separated: database,broker,api")
     p.add_argument("--repetitions", type=int, default=3)
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a recovery")
+    p.add_argument(
+        "--api-outages",
+        default="15,30,60",
+        help="comma-separated seconds of API outage to try running tasks against ('' for none)",
+    )
     p.add_argument("--write", type=Path, help="markdown file to update (docs/benchmarks.md)")
     return p
 
@@ -335,10 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tiers = lab_tiers(ops, [t.strip() for t in args.tiers.split(",") if t.strip()])
         results = run(tiers, ops, args.repetitions, timeout=args.timeout)
-    except ChaosError as exc:
+        outages = [outage_trial(ops.api, ops, float(x)) for x in args.api_outages.split(",") if x.strip()]
+    except (ChaosError, ApiError) as exc:
         raise SystemExit(f"bench: {exc}") from exc
     command = ("python -m airflow_ha.bench_failover " + shlex.join(argv)).strip()
-    section = render_section(results, command, dt.datetime.now(dt.UTC), os.cpu_count())
+    section = render_section(results, command, dt.datetime.now(dt.UTC), os.cpu_count(), outages)
     print(section)
     if args.write:
         write_section(args.write, section)
