@@ -447,7 +447,9 @@ def parser() -> argparse.ArgumentParser:
         help="how a host goes down: kill (SIGKILL to the container, a power loss; default) or stop "
         "(docker stop: systemd shuts the services down, SIGKILL after 10 s)",
     )
-    p.add_argument("--target-resume-scheduler", type=float, default=30.0, help="scheduler faults (30 s)")
+    p.add_argument(
+        "--target-resume-scheduler", type=float, default=10.0, help="scheduler faults (10 s: active_active)"
+    )
     p.add_argument("--target-resume", type=float, default=60.0, help="other faults (60 s)")
     p.add_argument("--target-healthy", type=float, default=180.0, help="healthy again after recovery (180 s)")
     p.add_argument("--max-lost", type=int, default=0, help="runs lost allowed per fault (0)")
