@@ -414,7 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tiers = lab_tiers(ops, [t.strip() for t in args.tiers.split(",") if t.strip()])
         results = run(tiers, ops, args.repetitions, timeout=args.timeout)
-        outages = [outage_trial(ops.api, ops, float(x)) for x in args.api_outages.split(",") if x.strip()]
+        outage_list = [float(x) for x in args.api_outages.split(",") if x.strip()]
+        if outage_list:
+            ops.api.login()
+        outages = [outage_trial(ops.api, ops, x) for x in outage_list]
     except (ChaosError, ApiError) as exc:
         raise SystemExit(f"bench: {exc}") from exc
     command = ("python -m airflow_ha.bench_failover " + shlex.join(argv)).strip()
