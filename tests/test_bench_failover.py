@@ -12,6 +12,7 @@ from airflow_ha.bench_failover import (
     Sample,
     Tier,
     measure,
+    patroni_member_caught_up,
     render_section,
     run,
     wait_until,
@@ -131,3 +132,24 @@ def test_outage_trials_are_tabled():
     text = render_section([], "cmd", dt.datetime(2026, 1, 2), 2, trials)
     assert "| 15 s | 8 of 8 | success |" in text
     assert "| 60 s | 0 of 8 | failed |" in text
+
+
+def _member(name, role, timeline=9, lag=0, state="running"):
+    return {"name": name, "role": role, "state": state, "timeline": timeline, "lag": lag}
+
+
+def test_a_returned_database_host_counts_only_once_it_has_caught_up():
+    leader = {"name": "db3", "role": "leader", "state": "running", "timeline": 9}
+    caught_up = {"members": [_member("db1", "sync_standby"), _member("db2", "replica"), leader]}
+    assert patroni_member_caught_up(caught_up, "db2")
+    # Just started after pg_rewind: still on the old timeline, or lagging, or no sync standby yet.
+    assert not patroni_member_caught_up(
+        {"members": [_member("db1", "sync_standby"), _member("db2", "replica", 8), leader]}, "db2"
+    )
+    assert not patroni_member_caught_up(
+        {"members": [_member("db1", "sync_standby"), _member("db2", "replica", lag="unknown"), leader]}, "db2"
+    )
+    assert not patroni_member_caught_up(
+        {"members": [_member("db1", "replica"), _member("db2", "replica"), leader]}, "db2"
+    )
+    assert not patroni_member_caught_up({"members": [_member("db1", "sync_standby"), leader]}, "db2")

@@ -676,6 +676,9 @@ class FakeLabOps(FakeOps):
     def api_problems(self):
         return []
 
+    def replication_problems(self):
+        return []
+
     def container_problems(self):
         return []
 

@@ -8,8 +8,9 @@ master, VIP holder), check that the tier answers through its single address, kil
 - broker: a SET on the master that the Sentinels name (what Celery's Sentinel transport does);
 - api: `GET /api/v2/monitor/health` at the VIP answers 200.
 
-Then the host is started again and the benchmark waits until it is back in its role (a streaming
-Patroni replica, a Redis replica with its link up, an HAProxy answering at its own address) before
+Then the host is started again and the benchmark waits until it is back in its role (a Patroni
+replica on the leader's timeline with no lag while the cluster has a synchronous standby, a Redis
+replica with its link up, an HAProxy answering at its own address) before
 the next repetition, so every repetition starts from a whole cluster. The table (median and worst)
 goes into docs/benchmarks.md with the command that made it.
 """
@@ -38,7 +39,9 @@ from airflow_ha.chaos_lab import (
     LabOps,
     inventory_hostvars,
     load_secrets,
+    patroni_member_caught_up,
     redis_call,
+    redis_replica_linked,
     sentinel_master,
 )
 
@@ -227,6 +230,14 @@ def _db_write(db: DbAddress) -> bool:
         return False
 
 
+def _patroni_rejoined(ops: LabOps, host: str) -> bool:
+    try:
+        resp = requests.get(f"http://{ops.lab.address(host)}:{ops.patroni_port}/cluster", timeout=2.0)
+        return resp.status_code == 200 and patroni_member_caught_up(resp.json(), host)
+    except (requests.RequestException, ValueError):
+        return False
+
+
 def _http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         return requests.get(url, timeout=timeout).status_code == 200
@@ -254,15 +265,6 @@ def _broker_writable(ops: LabOps, password: str, sentinel_password: str, port: i
     return reply == "OK"
 
 
-def _redis_replica_linked(address: str, password: str, port: int) -> bool:
-    try:
-        info = redis_call(address, port, password, "INFO", "replication", timeout=2.0)
-    except (OSError, ChaosError):
-        return False
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    return "role:slave" in text and "master_link_status:up" in text
-
-
 def lab_tiers(ops: LabOps, names: Sequence[str], redis_port: int = 6379, api_port: int = 8080) -> list[Tier]:
     secrets = ops.secrets
     db = ops.db_address()
@@ -275,7 +277,7 @@ def lab_tiers(ops: LabOps, names: Sequence[str], redis_port: int = 6379, api_por
             target=20,
             victim=ops.db_primary,
             serving=lambda: _db_write(db),
-            rejoined=lambda h: _http_ok(f"http://{ops.lab.address(h)}:{ops.patroni_port}/replica", 2.0),
+            rejoined=lambda h: _patroni_rejoined(ops, h),
         ),
         "broker": Tier(
             name="broker",
@@ -289,7 +291,7 @@ def lab_tiers(ops: LabOps, names: Sequence[str], redis_port: int = 6379, api_por
                 str(secrets.get("broker_sentinel_password") or ""),
                 redis_port,
             ),
-            rejoined=lambda h: _redis_replica_linked(
+            rejoined=lambda h: redis_replica_linked(
                 ops.lab.address(h), str(secrets.get("broker_password") or ""), redis_port
             ),
         ),

@@ -226,12 +226,15 @@ class Runner:
     # -- health -------------------------------------------------------------------------------------
     def wait_healthy(self, phase: str, timeout: float) -> dt.datetime | None:
         """When the cluster is healthy: API health all healthy, every container running at its address,
-        and a probe run triggered now succeeds. None if that does not happen within `timeout`."""
+        every database and broker replica caught up, and a probe run triggered now succeeds. None if
+        that does not happen within `timeout`."""
         deadline = time.monotonic() + timeout
         probe: str | None = None
         last = ""
         while time.monotonic() < deadline:
-            problems = self.ops.api_problems() + self.ops.container_problems()
+            problems = (
+                self.ops.api_problems() + self.ops.container_problems() + self.ops.replication_problems()
+            )
             if problems:
                 text = "; ".join(problems)
                 if text != last:

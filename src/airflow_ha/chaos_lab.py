@@ -315,6 +315,37 @@ def sentinel_master(address: str, port: int, password: str, master: str, timeout
     return reply[0].decode()
 
 
+def patroni_member_caught_up(cluster: dict[str, Any], member: str, max_lag: int = 1 << 20) -> bool:
+    """From Patroni's GET /cluster: `member` replicates from the leader on its timeline with at most
+    `max_lag` bytes of lag, and the cluster has a synchronous standby again. Until then a second
+    failure can leave the cluster without a leader that may be promoted (see
+    docs/runbooks/database-failover.md)."""
+    members = cluster.get("members") or []
+    leader = next((m for m in members if m.get("role") == "leader"), None)
+    me = next((m for m in members if m.get("name") == member), None)
+    if not leader or not me or leader is me:
+        return False
+    lag = me.get("lag")
+    return (
+        me.get("role") in ("replica", "sync_standby")
+        and me.get("state") in ("running", "streaming")
+        and me.get("timeline") == leader.get("timeline")
+        and isinstance(lag, int)
+        and lag <= max_lag
+        and any(m.get("role") == "sync_standby" for m in members)
+    )
+
+
+def redis_replica_linked(address: str, password: str, port: int = 6379) -> bool:
+    """The Redis server at `address` is a replica whose link to its master is up."""
+    try:
+        info = redis_call(address, port, password, "INFO", "replication", timeout=2.0)
+    except (OSError, ChaosError):
+        return False
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "role:slave" in text and "master_link_status:up" in text
+
+
 def load_secrets(path: os.PathLike[str] | str) -> dict[str, Any]:
     """The inventory's generated secrets (decrypted with ansible-vault when encrypted)."""
     text = Path(path).read_text()
@@ -602,6 +633,61 @@ class LabOps:
                 self.log(f"ledger not readable yet ({exc}); retrying")
                 time.sleep(5)
         raise AssertionError("unreachable")
+
+    def replication_problems(self) -> list[str]:
+        """Database members not yet caught up with the leader (or no synchronous standby), broker
+        replicas without a link to their master. Another fault before these heal can leave a
+        tier without a promotable member."""
+        problems: list[str] = []
+        dbs = [h for h in self.lab.groups.get("airflow_metadata_db", []) if self.running(h)]
+        if len(self.lab.groups.get("airflow_metadata_db", [])) > 1:
+            cluster = None
+            for host in dbs:
+                try:
+                    resp = requests.get(
+                        f"http://{self.lab.address(host)}:{self.patroni_port}/cluster", timeout=3
+                    )
+                    if resp.status_code == 200:
+                        cluster = resp.json()
+                        break
+                except (requests.RequestException, ValueError):
+                    continue
+            if cluster is None:
+                problems.append("Patroni: no member answers /cluster")
+            else:
+                leaders = [m.get("name") for m in cluster.get("members", []) if m.get("role") == "leader"]
+                problems += [
+                    f"Patroni: {h} has not caught up with the leader"
+                    for h in dbs
+                    if h not in leaders and not patroni_member_caught_up(cluster, h)
+                ]
+                if not leaders:
+                    problems.append("Patroni: no leader")
+        brokers = self.lab.groups.get("airflow_broker", [])
+        if len(brokers) > 1:
+            password = str(self.secrets.get("broker_password") or "")
+            sentinel_password = str(self.secrets.get("broker_sentinel_password") or "")
+            named = Counter(
+                found
+                for h in brokers
+                if self.running(h)
+                and (
+                    found := sentinel_master(
+                        self.lab.address(h), self.sentinel_port, sentinel_password, self.sentinel_master_name
+                    )
+                )
+            )
+            if not named:
+                return [*problems, "broker: no Sentinel names a master"]
+            master = named.most_common(1)[0][0]
+            problems += [
+                f"broker: {h} is not a linked replica"
+                for h in brokers
+                if self.lab.address(h) != master
+                and self.running(h)
+                and not redis_replica_linked(self.lab.address(h), password)
+            ]
+        return problems
 
     def api_problems(self) -> list[str]:
         try:
