@@ -51,9 +51,9 @@ e2e: setup ## The lab cluster end to end (creates and removes its containers)
 	pytest -m e2e $(PYTEST_ARGS)
 
 test: setup lint ## Everything: lint, unit and integration tests, Molecule scenarios, end to end
-	pytest -m "not failover_scenarios" $(PYTEST_ARGS)
+	pytest -m "not failover_scenarios" --durations=25 $(PYTEST_ARGS)
 
-molecule-failover: setup ## The scheduler_failover scenarios (slow; not yet in `make test`, see tests/test_molecule.py)
+molecule-failover: setup ## The scheduler_failover_active_active scenario (slow; not in `make test`, see tests/test_molecule.py)
 	pytest -m failover_scenarios $(PYTEST_ARGS)
 
 lab: setup ## Deploy the full cluster into local containers and print where to reach it
