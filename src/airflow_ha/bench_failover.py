@@ -42,7 +42,6 @@ from airflow_ha.chaos_lab import (
     patroni_member_caught_up,
     redis_call,
     redis_replica_linked,
-    sentinel_master,
 )
 
 BEGIN = "<!-- bench:failover:begin -->"
@@ -245,19 +244,11 @@ def _http_ok(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _broker_writable(ops: LabOps, password: str, sentinel_password: str, port: int) -> bool:
-    """Ask the running Sentinels for the master (majority), then SET a key there."""
-    answers: dict[str, int] = {}
-    for host in ops.lab.groups.get("airflow_broker", []):
-        if ops.running(host):
-            found = sentinel_master(
-                ops.lab.address(host), ops.sentinel_port, sentinel_password, ops.sentinel_master_name, 1.0
-            )
-            if found:
-                answers[found] = answers.get(found, 0) + 1
-    if not answers:
+def _broker_writable(ops: LabOps, password: str, port: int) -> bool:
+    """SET a key on the master most Sentinels name (what Celery's Sentinel transport does)."""
+    master = ops.sentinel_majority_master()
+    if master is None:
         return False
-    master = max(answers, key=lambda a: answers[a])
     try:
         reply = redis_call(master, port, password, "SET", "airflow-ha:bench", str(time.time()), timeout=1.0)
     except (OSError, ChaosError):
@@ -285,12 +276,7 @@ def lab_tiers(ops: LabOps, names: Sequence[str], redis_port: int = 6379, api_por
             recovered_when="a SET on the master the Sentinels name succeeds",
             target=10,
             victim=ops.broker_master,
-            serving=lambda: _broker_writable(
-                ops,
-                str(secrets.get("broker_password") or ""),
-                str(secrets.get("broker_sentinel_password") or ""),
-                redis_port,
-            ),
+            serving=lambda: _broker_writable(ops, str(secrets.get("broker_password") or ""), redis_port),
             rejoined=lambda h: redis_replica_linked(
                 ops.lab.address(h), str(secrets.get("broker_password") or ""), redis_port
             ),

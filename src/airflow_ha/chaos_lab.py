@@ -634,6 +634,19 @@ class LabOps:
                 time.sleep(5)
         raise AssertionError("unreachable")
 
+    def sentinel_majority_master(self) -> str | None:
+        """The Redis master address most running Sentinels name (quietly), or None."""
+        password = str(self.secrets.get("broker_sentinel_password") or "")
+        named: Counter[str] = Counter()
+        for host in self.lab.groups.get("airflow_broker", []):
+            if self.running(host):
+                found = sentinel_master(
+                    self.lab.address(host), self.sentinel_port, password, self.sentinel_master_name, 1.0
+                )
+                if found:
+                    named[found] += 1
+        return named.most_common(1)[0][0] if named else None
+
     def replication_problems(self) -> list[str]:
         """Database members not yet caught up with the leader (or no synchronous standby), broker
         replicas without a link to their master. Another fault before these heal can leave a
@@ -666,20 +679,9 @@ class LabOps:
         brokers = self.lab.groups.get("airflow_broker", [])
         if len(brokers) > 1:
             password = str(self.secrets.get("broker_password") or "")
-            sentinel_password = str(self.secrets.get("broker_sentinel_password") or "")
-            named = Counter(
-                found
-                for h in brokers
-                if self.running(h)
-                and (
-                    found := sentinel_master(
-                        self.lab.address(h), self.sentinel_port, sentinel_password, self.sentinel_master_name
-                    )
-                )
-            )
-            if not named:
+            master = self.sentinel_majority_master()
+            if master is None:
                 return [*problems, "broker: no Sentinel names a master"]
-            master = named.most_common(1)[0][0]
             problems += [
                 f"broker: {h} is not a linked replica"
                 for h in brokers
