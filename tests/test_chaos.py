@@ -115,6 +115,8 @@ def test_a_try_written_twice_is_a_duplicate_and_a_retry_is_not():
     assert list(dups) == [(DAG, run, "work", 1, 1)]
     assert [r.hostname for r in dups[(DAG, run, "work", 1, 1)]] == ["lab-worker1", "lab-worker2"]
     assert retried_tasks(rows) == {(DAG, run, "work", 0)}
+    # The first try died with its worker and wrote nothing: the lone completion on try 2 is a retry.
+    assert retried_tasks([row(run, "end", -1, try_number=2)]) == {(DAG, run, "end", -1)}
 
 
 def test_runs_not_successful_at_the_end_are_lost_and_unanswered_triggers_are_not():
