@@ -367,8 +367,9 @@ def render_section(
         "",
         "Scheduling resumed after: from the injection to the first task started that a scheduler handled",
         "after it. Healthy again after: from the moment the fault was undone. Runs triggered include the",
-        "health probes; retried tasks (completed on a try after the first) are expected after a worker is lost (a new try, not the same try",
-        f"twice). Targets: runs lost {targets.lost}, tasks completed twice {targets.duplicates}.",
+        "health probes; retried tasks (completed on a try after the first) are expected after a worker",
+        "is lost (a new try, not the same try twice). Targets: runs lost "
+        f"{targets.lost}, tasks completed twice {targets.duplicates}.",
         "",
     ]
     lines += [f"- `{name}`: {text}" for name, text in descriptions.items()]
