@@ -42,19 +42,19 @@ lint: venv ## ansible-lint (production profile), yamllint, ruff
 	ruff format --check src tests dags scripts roles
 
 unit: venv ## Fast tests: no containers
-	pytest -m "not molecule and not e2e and not containers and not failover_scenarios" $(PYTEST_ARGS)
+	pytest -m "not molecule and not e2e and not containers" $(PYTEST_ARGS)
 
 molecule: setup ## Molecule scenarios (all, or SCENARIO=name)
-	pytest -m "molecule and not failover_scenarios" $(if $(SCENARIO),-k "$(SCENARIO)") $(PYTEST_ARGS)
+	pytest -m molecule $(if $(SCENARIO),-k "$(SCENARIO)") $(PYTEST_ARGS)
 
 e2e: setup ## The lab cluster end to end (creates and removes its containers)
 	pytest -m e2e $(PYTEST_ARGS)
 
 test: setup lint ## Everything: lint, unit and integration tests, Molecule scenarios, end to end
-	pytest -m "not failover_scenarios" --durations=25 $(PYTEST_ARGS)
+	pytest --durations=25 $(PYTEST_ARGS)
 
-molecule-failover: setup ## The scheduler_failover_active_active scenario (slow; not in `make test`, see tests/test_molecule.py)
-	pytest -m failover_scenarios $(PYTEST_ARGS)
+molecule-failover: setup ## The two scheduler_failover scenarios (also part of `make test`)
+	pytest -m molecule -k scheduler_failover $(PYTEST_ARGS)
 
 lab: setup ## Deploy the full cluster into local containers and print where to reach it
 	airflow-ha-lab up --inventory $(LAB_INVENTORY)

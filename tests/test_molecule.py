@@ -11,12 +11,6 @@ from airflow_ha.testproxy import running_proxy
 
 from helpers import REPO, ansible_env, tool
 
-# The scenario `make test` leaves to `make molecule-failover`, to keep `make test` inside its 60 min
-# budget on 2 cores: scheduler_failover_active_active (three Airflow hosts, two faults, about 15 min).
-# What it proves is also covered within `make test` by the end-to-end lab test (site.yml puts the
-# watchdog on every scheduler host; a hung scheduler is restarted while the other one schedules) and
-# by `make chaos` (a scheduler host killed under load). The active_standby scenario runs here.
-FAILOVER_SCENARIOS = {"scheduler_failover_active_active"}
 # The scenario whose worker installs Airflow from a package index through a proxy.
 INDEX_SCENARIO = "worker"
 # Cheapest first, so a broken basic role fails the run early.
@@ -31,12 +25,8 @@ def test_every_scenario_is_listed():
     assert set(ORDER) <= set(SCENARIOS), f"scenarios missing: {set(ORDER) - set(SCENARIOS)}"
 
 
-def _marks(name: str) -> list[pytest.MarkDecorator]:
-    return [pytest.mark.failover_scenarios] if name in FAILOVER_SCENARIOS else []
-
-
 @pytest.mark.molecule
-@pytest.mark.parametrize("scenario", [pytest.param(s, marks=_marks(s)) for s in SCENARIOS])
+@pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario(scenario):
     env = ansible_env(ANSIBLE_CONFIG="", PY_COLORS="0", ANSIBLE_NOCOLOR="1")
     with ExitStack() as stack:
