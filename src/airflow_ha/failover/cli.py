@@ -182,24 +182,23 @@ def cmd_step_down(cfg: FailoverConfig, args: argparse.Namespace) -> int:
         store.close()
 
 
-def cmd_pause(cfg: FailoverConfig, args: argparse.Namespace) -> int:
+def _set_paused(cfg: FailoverConfig, paused: bool, reason: str = "") -> tuple[str | None, int]:
     store = _store(cfg)
     try:
         store.ensure_schema()
-        holder, epoch = store.set_paused(True, _operator(), args.reason)
+        return store.set_paused(paused, _operator(), reason)
     finally:
         store.close()
+
+
+def cmd_pause(cfg: FailoverConfig, args: argparse.Namespace) -> int:
+    holder, epoch = _set_paused(cfg, True, args.reason)
     print(f"failover paused; leader stays {holder or 'nobody'} (epoch {epoch})")
     return 0
 
 
 def cmd_resume(cfg: FailoverConfig, args: argparse.Namespace) -> int:
-    store = _store(cfg)
-    try:
-        store.ensure_schema()
-        holder, epoch = store.set_paused(False, _operator())
-    finally:
-        store.close()
+    holder, epoch = _set_paused(cfg, False)
     print(f"failover resumed; leader {holder or 'nobody'} (epoch {epoch})")
     return 0
 
