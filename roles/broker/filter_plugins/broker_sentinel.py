@@ -35,6 +35,14 @@ _RUNTIME_GLOBAL_OPTIONS = ("myid", "current-epoch")
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "a": "\a", "\\": "\\", '"': '"'}
 
 
+def _after_closing_quote(line: str, i: int) -> int:
+    """Index after the closing quote at `i`; Redis wants a space (or the end) right after it."""
+    i += 1
+    if i < len(line) and not line[i].isspace():
+        raise ValueError(f"closing quote must be followed by a space: {line!r}")
+    return i
+
+
 def split_args(line: str) -> list[str]:
     """Split one configuration line the way Redis does (sdssplitargs): quotes and escapes."""
     args: list[str] = []
@@ -64,9 +72,7 @@ def split_args(line: str) -> list[str]:
                     continue
                 if c == '"':
                     quote = None
-                    i += 1
-                    if i < n and not line[i].isspace():
-                        raise ValueError(f"closing quote must be followed by a space: {line!r}")
+                    i = _after_closing_quote(line, i)
                     break
                 current.append(c)
             elif quote == "'":
@@ -76,9 +82,7 @@ def split_args(line: str) -> list[str]:
                     continue
                 if c == "'":
                     quote = None
-                    i += 1
-                    if i < n and not line[i].isspace():
-                        raise ValueError(f"closing quote must be followed by a space: {line!r}")
+                    i = _after_closing_quote(line, i)
                     break
                 current.append(c)
             else:
