@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from contextlib import ExitStack
+from contextlib import nullcontext
 
 import pytest
 
@@ -29,9 +29,8 @@ def test_every_scenario_is_listed():
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario(scenario):
     env = ansible_env(ANSIBLE_CONFIG="", PY_COLORS="0", ANSIBLE_NOCOLOR="1")
-    with ExitStack() as stack:
-        # The worker scenario's worker host installs from PyPI through this proxy (its vars.yml).
-        proxy = stack.enter_context(running_proxy()) if scenario == INDEX_SCENARIO else None
+    # The worker scenario's worker host installs from PyPI through this proxy (its vars.yml).
+    with running_proxy() if scenario == INDEX_SCENARIO else nullcontext() as proxy:
         if proxy:
             env["AIRFLOW_HA_TEST_PROXY_PORT"] = str(proxy.port)
         proc = subprocess.run(

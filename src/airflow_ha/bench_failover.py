@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import requests
-
+from airflow_ha import bench
 from airflow_ha import lab as labmod
 from airflow_ha.api import AirflowApi, ApiError
 from airflow_ha.chaos_faults import ChaosError
 from airflow_ha.chaos_lab import (
     DbAddress,
     LabOps,
+    http_status,
     inventory_hostvars,
     load_secrets,
     patroni_member_caught_up,
@@ -230,18 +230,13 @@ def _db_write(db: DbAddress) -> bool:
 
 
 def _patroni_rejoined(ops: LabOps, host: str) -> bool:
-    try:
-        resp = requests.get(f"http://{ops.lab.address(host)}:{ops.patroni_port}/cluster", timeout=2.0)
-        return resp.status_code == 200 and patroni_member_caught_up(resp.json(), host)
-    except (requests.RequestException, ValueError):
-        return False
+    """The returned host reports itself caught up in its own Patroni's view of the cluster."""
+    cluster = ops.patroni_cluster([host], timeout=2.0)
+    return cluster is not None and patroni_member_caught_up(cluster, host)
 
 
 def _http_ok(url: str, timeout: float = 1.0) -> bool:
-    try:
-        return requests.get(url, timeout=timeout).status_code == 200
-    except requests.RequestException:
-        return False
+    return http_status(url, timeout) == 200
 
 
 def _broker_writable(ops: LabOps, password: str, port: int) -> bool:
@@ -362,9 +357,7 @@ def render_outages(trials: Sequence[OutageTrial]) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    from airflow_ha.bench import write_section as write
-
-    write(path, section, BEGIN, END, heading="Failover of each tier")
+    bench.write_section(path, section, BEGIN, END, heading="Failover of each tier")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -283,6 +283,14 @@ def read_reply(stream: BinaryIO) -> Any:
     raise ChaosError(f"unexpected Sentinel reply {line[:40]!r}")
 
 
+def http_status(url: str, timeout: float = 3.0) -> int | None:
+    """The HTTP status of GET `url`, or None when nothing answers in time."""
+    try:
+        return requests.get(url, timeout=timeout).status_code
+    except requests.RequestException:
+        return None
+
+
 def redis_call(address: str, port: int, password: str, *command: str, timeout: float = 3.0) -> Any:
     """One command to a Redis server or Sentinel (after AUTH when a password is given); its reply.
     Raises OSError when nothing answers and ChaosError on an error reply."""
@@ -535,8 +543,7 @@ class LabOps:
         deadline = time.monotonic() + wait
         while True:
             codes = {
-                h: self._http_status(f"http://{self.lab.address(h)}:{self.patroni_port}/primary")
-                for h in hosts
+                h: http_status(f"http://{self.lab.address(h)}:{self.patroni_port}/primary") for h in hosts
             }
             try:
                 primary = choose_primary(codes)
@@ -553,11 +560,21 @@ class LabOps:
             )
             return hosts[0]
 
-    def _http_status(self, url: str) -> int | None:
-        try:
-            return requests.get(url, timeout=3).status_code
-        except requests.RequestException:
-            return None
+    def patroni_cluster(self, hosts: list[str] | None = None, timeout: float = 3.0) -> dict[str, Any] | None:
+        """Patroni's GET /cluster from the first of `hosts` (default: the running database hosts)
+        that answers, or None."""
+        if hosts is None:
+            hosts = [h for h in self.lab.groups.get("airflow_metadata_db", []) if self.running(h)]
+        for host in hosts:
+            try:
+                resp = requests.get(
+                    f"http://{self.lab.address(host)}:{self.patroni_port}/cluster", timeout=timeout
+                )
+                if resp.status_code == 200:
+                    return resp.json()
+            except (requests.RequestException, ValueError):
+                continue
+        return None
 
     def broker_master(self) -> str:
         brokers = self.lab.groups.get("airflow_broker", [])
@@ -654,17 +671,7 @@ class LabOps:
         problems: list[str] = []
         dbs = [h for h in self.lab.groups.get("airflow_metadata_db", []) if self.running(h)]
         if len(self.lab.groups.get("airflow_metadata_db", [])) > 1:
-            cluster = None
-            for host in dbs:
-                try:
-                    resp = requests.get(
-                        f"http://{self.lab.address(host)}:{self.patroni_port}/cluster", timeout=3
-                    )
-                    if resp.status_code == 200:
-                        cluster = resp.json()
-                        break
-                except (requests.RequestException, ValueError):
-                    continue
+            cluster = self.patroni_cluster(dbs)
             if cluster is None:
                 problems.append("Patroni: no member answers /cluster")
             else:
