@@ -38,8 +38,8 @@ setup: venv image ## Everything the tests and the lab need
 lint: venv ## ansible-lint (production profile), yamllint, ruff
 	ansible-lint --profile production --offline
 	yamllint --strict .
-	ruff check src tests dags scripts roles
-	ruff format --check src tests dags scripts roles
+	ruff check src tests dags scripts roles collections
+	ruff format --check src tests dags scripts roles collections
 
 unit: venv ## Fast tests: no containers
 	pytest -m "not molecule and not e2e and not containers" $(PYTEST_ARGS)
