@@ -169,14 +169,15 @@ def broker_sentinel_drift(state: dict[str, Any], wanted: dict[str, Any]) -> list
     return drift
 
 
-def broker_master_answers(results: list[dict[str, Any]], nodes: list[str]) -> list[str]:
-    """Masters named by the Sentinels' ``SENTINEL get-master-addr-by-name`` answers (redis-cli
-    stdout: address, then port), keeping only addresses of the broker nodes, most named first."""
+def broker_master_answers(lines: list[str], nodes: list[str]) -> list[str]:
+    """Masters named by the Sentinels' ``SENTINEL get-master-addr-by-name`` answers, one line per
+    Sentinel that answered: ``<sentinel> <master address> <master port>``. Keeps only addresses of
+    the broker nodes, most named first."""
     named = []
-    for result in results or []:
-        lines = [ln.strip() for ln in (result.get("stdout") or "").splitlines() if ln.strip()]
-        if result.get("rc") == 0 and len(lines) == 2 and lines[0] in nodes and lines[1].isdigit():
-            named.append(lines[0])
+    for line in lines or []:
+        fields = line.split()
+        if len(fields) == 3 and fields[1] in nodes and fields[2].isdigit():
+            named.append(fields[1])
     counts = Counter(named)
     # Most common first; ties broken by the order of the nodes (the first node wins a tie).
     return sorted(counts, key=lambda host: (-counts[host], nodes.index(host)))
