@@ -107,30 +107,40 @@ from ansible.module_utils.basic import AnsibleModule
 _MODE = re.compile(r"^0?[0-7]{3,4}$")
 
 
-def _uid(module: AnsibleModule, owner: str | None, current: os.stat_result | None) -> int:
-    if owner is None:
-        return current.st_uid if current else os.geteuid()
+# For "owner" and "group": the id of a name, the stat field holding it, and the process's own id.
+_IDS = {
+    "owner": (lambda name: pwd.getpwnam(name).pw_uid, "st_uid", os.geteuid),
+    "group": (lambda name: grp.getgrnam(name).gr_gid, "st_gid", os.getegid),
+}
+
+
+def _id(module: AnsibleModule, kind: str, name: str | None, current: os.stat_result | None) -> int:
+    """The uid or gid of name; without a name, the path's own, else the process's."""
+    by_name, stat_field, own = _IDS[kind]
+    if name is None:
+        return getattr(current, stat_field) if current else own()
     try:
-        return pwd.getpwnam(owner).pw_uid
+        return by_name(name)
     except KeyError:
-        module.fail_json(msg=f"owner {owner!r} does not exist on this host")
+        module.fail_json(msg=f"{kind} {name!r} does not exist on this host")
     raise AssertionError  # fail_json exits
-
-
-def _gid(module: AnsibleModule, group: str | None, current: os.stat_result | None) -> int:
-    if group is None:
-        return current.st_gid if current else os.getegid()
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        module.fail_json(msg=f"group {group!r} does not exist on this host")
-    raise AssertionError
 
 
 def _mode(mode: str | None, current: os.stat_result | None, default: int) -> int:
     if mode is None:
         return stat.S_IMODE(current.st_mode) if current else default
     return int(mode, 8)
+
+
+def _wanted_attributes(
+    module: AnsibleModule, entry: dict, current: os.stat_result | None, default_mode: int
+) -> tuple[int, int, int]:
+    """uid, gid and mode the entry wants (what it leaves unset stays as the path has it)."""
+    return (
+        _id(module, "owner", entry["owner"], current),
+        _id(module, "group", entry["group"], current),
+        _mode(entry["mode"], current, default_mode),
+    )
 
 
 def _attributes_differ(current: os.stat_result, uid: int, gid: int, mode: int) -> bool:
@@ -149,9 +159,7 @@ def ensure_directory(module: AnsibleModule, entry: dict, diffs: list) -> bool:
     current = _lstat(path)
     if current is not None and not stat.S_ISDIR(current.st_mode):
         module.fail_json(msg=f"{path} exists and is not a directory")
-    uid = _uid(module, entry["owner"], current)
-    gid = _gid(module, entry["group"], current)
-    mode = _mode(entry["mode"], current, 0o755)
+    uid, gid, mode = _wanted_attributes(module, entry, current, 0o755)
     if current is not None and not _attributes_differ(current, uid, gid, mode):
         return False
     diffs.append(
@@ -194,9 +202,7 @@ def ensure_file(module: AnsibleModule, entry: dict, diffs: list) -> bool:
     current = _lstat(path)
     if current is not None and not stat.S_ISREG(current.st_mode):
         module.fail_json(msg=f"{path} exists and is not a regular file")
-    uid = _uid(module, entry["owner"], current)
-    gid = _gid(module, entry["group"], current)
-    mode = _mode(entry["mode"], current, 0o644)
+    uid, gid, mode = _wanted_attributes(module, entry, current, 0o644)
     before = b""
     if current is not None:
         with open(path, "rb") as handle:
