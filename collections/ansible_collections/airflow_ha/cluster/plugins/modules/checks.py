@@ -38,12 +38,7 @@ options:
         description: Hide the evaluation error of a check that cannot be evaluated (it may show a secret).
         type: bool
         default: false
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-author: airflow-ha contributors
+extends_documentation_fragment: airflow_ha.cluster.read_only
 """
 
 EXAMPLES = r"""

@@ -20,12 +20,7 @@ options:
     type: list
     elements: path
     required: true
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-author: airflow-ha contributors
+extends_documentation_fragment: airflow_ha.cluster.read_only
 """
 
 EXAMPLES = r"""
