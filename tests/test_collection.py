@@ -205,6 +205,27 @@ def test_missing_packages_reads_dpkg():
     assert "not plain Debian package names" in refused["msg"]
 
 
+def test_packages_leaves_apt_alone_when_everything_is_installed():
+    result = run_module("packages", {"names": ["dpkg", "coreutils"]})
+    assert result.get("failed") is not True, result
+    assert result["changed"] is False
+    assert result["missing"] == []
+    assert "cache_updated" not in result, "apt ran although nothing was missing"
+
+
+def test_packages_hands_only_the_missing_ones_to_apt():
+    # A package that exists nowhere: apt gets it (and only it) and fails; --check installs nothing.
+    result = run_module("packages", {"names": ["dpkg", "airflow-ha-no-such-package"]}, "--check")
+    assert result["missing"] == ["airflow-ha-no-such-package"]
+    assert result.get("failed") is True, result
+    assert "No package matching 'airflow-ha-no-such-package'" in result["msg"], "the failure is not apt's"
+
+
+def test_packages_refuses_bad_arguments():
+    assert "needs names" in run_module("packages", {"names": []})["msg"]
+    assert "not cache" in run_module("packages", {"names": ["dpkg"], "cache": 1})["msg"]
+
+
 # --- checks -----------------------------------------------------------------------------------------
 
 
@@ -342,6 +363,7 @@ def _debug_json(stdout: str) -> object:
         ("module", "read_files"),
         ("module", "missing_packages"),
         ("module", "checks"),
+        ("module", "packages"),
         ("lookup", "tree_checksums"),
         ("lookup", "role_argument_specs"),
     ],

@@ -15,20 +15,15 @@ description:
   - Also says whether the host holds any downloaded package lists, so that the caller can make
     M(ansible.builtin.apt) refresh them on a host that never downloaded any (a fresh image looks
     "recently updated" to O(ansible.builtin.apt#module:cache_valid_time)).
-  - The roles of airflow-ha call M(ansible.builtin.apt) only with what this module reports missing, so
-    a host that has everything costs one light query instead of loading apt's cache.
+  - M(airflow_ha.cluster.packages) runs it, then M(ansible.builtin.apt) only with what it reports
+    missing, so a host that has everything costs one light query instead of apt loading its cache.
 options:
   names:
     description: Package names, optionally with an architecture (V(name:arch)). No versions or wildcards.
     type: list
     elements: str
     required: true
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-author: airflow-ha contributors
+extends_documentation_fragment: airflow_ha.cluster.read_only
 """
 
 EXAMPLES = r"""

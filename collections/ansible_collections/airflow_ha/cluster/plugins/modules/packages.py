@@ -1,0 +1,50 @@
+#!/usr/bin/python
+# Copyright: airflow-ha contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Documentation of the packages action (plugins/action/packages.py)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: packages
+short_description: Install Debian packages, asking apt only for those dpkg does not have
+description:
+  - Runs M(airflow_ha.cluster.missing_packages) on the host, then M(ansible.builtin.apt) with only
+    the packages it reports missing, and not at all when none is. A host that has every package costs
+    one light query instead of apt loading its cache.
+  - A host whose package lists were never downloaded (a fresh image) looks "recently updated" to
+    O(ansible.builtin.apt#module:cache_valid_time), so apt refreshes them unconditionally there.
+options:
+  names:
+    description: Package names, optionally with an architecture (V(name:arch)). No versions or wildcards.
+    type: list
+    elements: str
+    required: true
+  cache_valid_time:
+    description: Refresh the package lists before installing when they are older than this (seconds).
+    type: int
+    default: 3600
+attributes:
+  check_mode:
+    support: full
+    description: apt reports what it would install.
+  diff_mode:
+    support: none
+    description: apt shows no diff.
+author: airflow-ha contributors
+"""
+
+EXAMPLES = r"""
+- name: Install | The Redis packages
+  airflow_ha.cluster.packages:
+    names: [redis-server, redis-tools]
+"""
+
+RETURN = r"""
+missing:
+  description: The packages that were missing (and handed to apt).
+  returned: success
+  type: list
+  elements: str
+"""
