@@ -139,6 +139,32 @@ def test_files_removes_absent_paths(tmp_path):
     assert not (tmp_path / "gone.d").exists()
 
 
+def test_files_absent_list_removes_after_the_entries(tmp_path):
+    (tmp_path / "old.d").mkdir()
+    (tmp_path / "old.d" / "guard.conf").write_text("z")
+    (tmp_path / "stale.conf").write_text("z")
+    result = run_module(
+        "files",
+        {
+            "files": [entry(tmp_path / "new.conf", content="n\n", mode="0644")],
+            "absent": [str(tmp_path / "old.d"), str(tmp_path / "stale.conf"), str(tmp_path / "never")],
+        },
+    )
+    assert result["changed_paths"] == [
+        str(tmp_path / "new.conf"),
+        str(tmp_path / "old.d"),
+        str(tmp_path / "stale.conf"),
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.conf"]
+    assert run_module("files", {"absent": [str(tmp_path / "stale.conf")]})["changed"] is False
+    nothing = run_module("files", {"absent": []})
+    assert nothing["changed"] is False, nothing
+    assert "failed" not in nothing, nothing
+    relative = run_module("files", {"absent": ["stale.conf"]})
+    assert relative.get("failed"), relative
+    assert "must be absolute" in relative["msg"], relative
+
+
 def test_files_check_mode_reports_and_diffs_without_writing(tmp_path):
     (tmp_path / "a").write_text("old\n")
     result = run_module(

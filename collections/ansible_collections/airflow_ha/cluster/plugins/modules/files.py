@@ -10,9 +10,9 @@ DOCUMENTATION = r"""
 module: files
 short_description: Ensure a set of files, directories and absent paths in one module run
 description:
-  - Ensures each entry of O(files) in order, on the target, in a single module run. A directory
-    exists, a path is absent, or a file holds exactly the given text with the given owner, group
-    and mode.
+  - Ensures each entry of O(files) in order, then that each path of O(absent) is gone, on the
+    target, in a single module run. A directory exists, a path is absent, or a file holds exactly
+    the given text with the given owner, group and mode.
   - A file whose content differs is written to a temporary file in the same directory with its
     final owner, group and mode, optionally validated, then renamed over the old one, so a reader
     never sees a partial file and a file holding secrets is never readable by others.
@@ -27,7 +27,7 @@ options:
     description: What to ensure, in order (list a directory before the files in it).
     type: list
     elements: dict
-    required: true
+    default: []
     suboptions:
       path:
         description: Absolute path on the target.
@@ -59,6 +59,14 @@ options:
             file's path.
           - The old file stays in place when the command fails.
         type: str
+  absent:
+    description:
+      - Paths to remove (a directory with everything in it), after the entries of O(files). An empty
+        list, like an empty O(files), asks for nothing.
+      - The same as entries of O(files) with O(files[].state=absent), for a list of paths built in Jinja.
+    type: list
+    elements: path
+    default: []
 attributes:
   check_mode:
     support: full
@@ -84,6 +92,10 @@ EXAMPLES = r"""
       - path: /etc/airflow/old.conf
         state: absent
   notify: Airflow config changed
+
+- name: Configure | No drop-in left on the units that are not guarded
+  airflow_ha.cluster.files:
+    absent: "{{ unguarded_units | map('regex_replace', '^(.*)$', '/etc/systemd/system/\\1.d/guard.conf') }}"
 """
 
 RETURN = r"""
@@ -283,7 +295,7 @@ def main() -> None:
             "files": {
                 "type": "list",
                 "elements": "dict",
-                "required": True,
+                "default": [],
                 "options": {
                     "path": {"type": "path", "required": True},
                     "state": {"type": "str", "choices": ["file", "directory", "absent"], "default": "file"},
@@ -294,10 +306,13 @@ def main() -> None:
                     "validate": {"type": "str"},
                 },
             },
+            "absent": {"type": "list", "elements": "path", "default": []},
         },
         supports_check_mode=True,
     )
-    for entry in module.params["files"]:
+    unset = dict.fromkeys(("content", "owner", "group", "mode", "validate"))
+    absent = [{**unset, "path": path, "state": "absent"} for path in module.params["absent"]]
+    for entry in module.params["files"] + absent:
         if not os.path.isabs(entry["path"]):
             module.fail_json(msg=f"{entry['path']}: the path must be absolute")
         if entry["mode"] is not None and not _MODE.match(entry["mode"]):
@@ -307,7 +322,7 @@ def main() -> None:
     ensure = {"file": ensure_file, "directory": ensure_directory, "absent": ensure_absent}
     changed_paths = []
     diffs: list = []
-    for entry in module.params["files"]:
+    for entry in module.params["files"] + absent:
         if ensure[entry["state"]](module, entry, diffs):
             changed_paths.append(entry["path"])
     result = {"changed": bool(changed_paths), "changed_paths": changed_paths}
