@@ -13,7 +13,8 @@ description:
     file's path relative to it to the file's SHA-1 (the checksum M(ansible.builtin.find) and
     M(ansible.builtin.stat) report on the target).
   - Skips C(__pycache__) directories. Follows no symbolic links to directories.
-  - Used to sync a folder by copying only the files whose checksum differs on the target.
+  - Used to sync a folder by copying only the files whose checksum differs on the target, and to
+    key a cache on a folder's content.
 options:
   _terms:
     description: Directories on the controller.
