@@ -17,27 +17,21 @@ description:
     "recently updated" to O(ansible.builtin.apt#module:cache_valid_time)).
   - M(airflow_ha.cluster.packages) runs it, then M(ansible.builtin.apt) only with what it reports
     missing, so a host that has everything costs one light query instead of apt loading its cache.
-options:
-  names:
-    description: Package names, optionally with an architecture (V(name:arch)). No versions or wildcards.
-    type: list
-    elements: str
-    required: true
-extends_documentation_fragment: airflow_ha.cluster.read_only
+extends_documentation_fragment:
+  - airflow_ha.cluster.package_names
+  - airflow_ha.cluster.read_only
 """
 
 EXAMPLES = r"""
+# To install what is missing, use airflow_ha.cluster.packages: it runs this module, then apt.
 - name: Install | Find which Redis packages are missing
   airflow_ha.cluster.missing_packages:
     names: [redis-server, redis-tools]
   register: redis_missing
 
-- name: Install | Install the missing Redis packages
-  ansible.builtin.apt:
-    name: "{{ redis_missing.missing }}"
-    update_cache: true
-    cache_valid_time: "{{ 3600 if redis_missing.package_lists else 0 }}"
-  when: redis_missing.missing | length > 0
+- name: Install | Say which ones
+  ansible.builtin.debug:
+    msg: "Missing: {{ redis_missing.missing | join(', ') or 'none' }}"
 """
 
 RETURN = r"""

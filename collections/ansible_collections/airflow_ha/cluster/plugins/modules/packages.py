@@ -16,11 +16,6 @@ description:
   - A host whose package lists were never downloaded (a fresh image) looks "recently updated" to
     O(ansible.builtin.apt#module:cache_valid_time), so apt refreshes them unconditionally there.
 options:
-  names:
-    description: Package names, optionally with an architecture (V(name:arch)). No versions or wildcards.
-    type: list
-    elements: str
-    required: true
   cache_valid_time:
     description: Refresh the package lists before installing when they are older than this (seconds).
     type: int
@@ -32,6 +27,7 @@ attributes:
   diff_mode:
     support: none
     description: apt shows no diff.
+extends_documentation_fragment: airflow_ha.cluster.package_names
 author: airflow-ha contributors
 """
 
