@@ -280,7 +280,7 @@ def test_section_is_written_between_its_markers_and_keeps_the_deploy_section(tmp
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\nintro\n")
     run = Run(40.0, {"h": 0}, [])
-    chaos.bench.write_section(doc, render(10.0, run, run))
+    chaos.bench.write_section(doc, render(10.0, run, [run]))
     command = "python -m airflow_ha.chaos --inventory inventories/lab --write docs/benchmarks.md"
     first = render_section(
         [result("scheduler-kill", 2, 10, True)], Targets(), command, T0, 3, {"scheduler-kill": "kill"}
