@@ -35,11 +35,12 @@ image: docker ## Build the Debian 12 systemd base image if missing or its recipe
 
 setup: venv image ## Everything the tests and the lab need
 
-lint: venv ## ansible-lint (production profile), yamllint, ruff
+lint: venv ## ansible-lint (production profile), yamllint, ruff, mypy
 	ansible-lint --profile production --offline
 	yamllint --strict .
 	ruff check src tests dags scripts roles collections
 	ruff format --check src tests dags scripts roles collections
+	mypy
 
 unit: venv ## Fast tests: no containers
 	pytest -m "not molecule and not e2e and not containers" $(PYTEST_ARGS)

@@ -7,6 +7,8 @@ ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
     "broker_sentinel", ROOT / "roles" / "broker" / "filter_plugins" / "broker_sentinel.py"
 )
+assert _spec is not None
+assert _spec.loader is not None
 broker_sentinel = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(broker_sentinel)
 

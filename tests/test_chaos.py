@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import re
+from typing import cast
 
 import pytest
 
@@ -704,7 +705,9 @@ class FakeLabOps(FakeOps):
 
 def fake_run(faults: str, api: FakeApi, ops: FakeLabOps):
     settings = chaos.Settings(interval=0.05, warmup=0.2, hold=0.2, settle=0.1, parts=1, final_wait=5)
-    return chaos.Runner(ops, api, api, settings).run(select_faults(faults))
+    # The fakes stand in for LabOps and AirflowApi by duck typing.
+    real_api = cast(chaos.AirflowApi, api)
+    return chaos.Runner(cast(chaos.LabOps, ops), real_api, real_api, settings).run(select_faults(faults))
 
 
 def test_a_run_against_a_fake_cluster_meets_every_target():

@@ -9,6 +9,7 @@ import os
 import pwd
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -376,7 +377,7 @@ def _has_key(value: object, key: str) -> bool:
     return False
 
 
-def _debug_json(stdout: str) -> object:
+def _debug_json(stdout: str) -> Any:
     """The value of the first debug task's msg (printed as JSON text)."""
     start = stdout.index('"msg": ') + len('"msg": ')
     return json.loads(json.JSONDecoder().raw_decode(stdout[start:])[0])

@@ -99,7 +99,7 @@ class AirflowApi:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run}/taskInstances/{task_id}/logs/{try_number}"
         resp = self.session.get(
             f"{self.base_url}{path}",
-            params={"map_index": map_index, "full_content": "true"},
+            params={"map_index": str(map_index), "full_content": "true"},
             headers={"Accept": "application/json"},
             timeout=30,
         )

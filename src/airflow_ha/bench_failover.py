@@ -219,7 +219,7 @@ def render_section(
 def _db_write(db: DbAddress) -> bool:
     import psycopg
 
-    params = {**db.libpq(), "connect_timeout": "2", "options": "-c statement_timeout=2000"}
+    params: dict[str, Any] = {**db.libpq(), "connect_timeout": "2", "options": "-c statement_timeout=2000"}
     try:
         with psycopg.connect(**params, autocommit=True) as conn:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {BENCH_TABLE} (at timestamptz DEFAULT now())")

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import requests
@@ -258,7 +258,15 @@ def encode_command(*args: str) -> bytes:
     return b"".join(out)
 
 
-def read_reply(stream: BinaryIO) -> Any:
+class ByteReader(Protocol):
+    """What read_reply needs of a stream: a socket's makefile("rwb") or an io.BytesIO."""
+
+    def readline(self, size: int | None = -1, /) -> bytes: ...
+
+    def read(self, size: int | None = -1, /) -> bytes: ...
+
+
+def read_reply(stream: ByteReader) -> Any:
     """One RESP reply: str for simple strings, bytes for bulk strings, list for arrays, None for
     nil; an error reply raises ChaosError."""
     line = stream.readline()
@@ -593,11 +601,11 @@ class LabOps:
                 answers[found] += 1
         if answers:
             address = answers.most_common(1)[0][0]
-            host = lab_host_for(address, self.lab)
-            if host is None:
+            master = lab_host_for(address, self.lab)
+            if master is None:
                 raise ChaosError(f"the Sentinels name {address} as the Redis master, which is no lab host")
-            self.log(f"Sentinels: {host} ({address}) is the Redis master")
-            return host
+            self.log(f"Sentinels: {master} ({address}) is the Redis master")
+            return master
         self.log(
             f"no Sentinel answers on port {self.sentinel_port}; taking the first broker host, {brokers[0]}"
         )
