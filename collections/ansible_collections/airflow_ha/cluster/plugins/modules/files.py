@@ -311,8 +311,10 @@ def main() -> None:
         supports_check_mode=True,
     )
     unset = dict.fromkeys(("content", "owner", "group", "mode", "validate"))
-    absent = [{**unset, "path": path, "state": "absent"} for path in module.params["absent"]]
-    for entry in module.params["files"] + absent:
+    entries = module.params["files"] + [
+        {**unset, "path": path, "state": "absent"} for path in module.params["absent"]
+    ]
+    for entry in entries:
         if not os.path.isabs(entry["path"]):
             module.fail_json(msg=f"{entry['path']}: the path must be absolute")
         if entry["mode"] is not None and not _MODE.match(entry["mode"]):
@@ -322,7 +324,7 @@ def main() -> None:
     ensure = {"file": ensure_file, "directory": ensure_directory, "absent": ensure_absent}
     changed_paths = []
     diffs: list = []
-    for entry in module.params["files"] + absent:
+    for entry in entries:
         if ensure[entry["state"]](module, entry, diffs):
             changed_paths.append(entry["path"])
     result = {"changed": bool(changed_paths), "changed_paths": changed_paths}
