@@ -13,7 +13,6 @@ import argparse
 import datetime as dt
 import os
 import re
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -56,9 +55,9 @@ def render(cold_hosts: float, cold: Run, reruns: list[Run]) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cpus, mem = os.cpu_count(), _mem_gib()
     changed = max(sum(run.changed.values()) for run in reruns)
-    median = statistics.median_low(run.seconds for run in reruns)
-    typical = next(run for run in reruns if run.seconds == median)
-    worst = max(run.seconds for run in reruns)
+    by_time = sorted(reruns, key=lambda run: run.seconds)
+    typical = by_time[(len(by_time) - 1) // 2]  # the median run (the lower one of an even count)
+    median, worst = typical.seconds, by_time[-1].seconds
     lines = [
         BEGIN,
         f"Measured {when} on {cpus} cores, {mem:.0f} GiB, with `make bench`",
