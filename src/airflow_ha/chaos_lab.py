@@ -16,7 +16,7 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +29,15 @@ from airflow_ha import docker_hosts
 from airflow_ha import lab as labmod
 from airflow_ha.api import AirflowApi, ApiError
 from airflow_ha.chaos_faults import ChaosError
+from airflow_ha.chaos_invariants import (
+    etcd_leader,
+    etcd_problems,
+    loadbalancer_problems,
+    scheduler_problems,
+    sentinel_problems,
+    unit_problems,
+    vrrp_state,
+)
 from airflow_ha.chaos_report import LedgerRow, TaskStart
 from airflow_ha.docker_hosts import DockerError
 from airflow_ha.lab import Lab
@@ -38,9 +47,11 @@ DAG_ID = "airflow_ha_chaos"
 LEDGER_CONN_ID = "airflow_ha_ledger"
 LEDGER_TABLE = "airflow_ha_chaos_ledger"
 
-# No unique constraint on (dag_id, run_id, task_id, map_index, try_number): a try that completes
-# twice shows as two rows. `attempt_id` (one per task execution) only lets a task retry its own
-# insert after a lost connection without writing itself twice.
+# No unique constraint on (dag_id, run_id, task_id, map_index, try_number): a try whose work runs
+# twice shows as two rows. Each execution of a task writes a `start` row before its work and a `done`
+# row after it, both with its `attempt_id` (one per execution), which also lets a task retry its
+# insert after a lost connection without writing itself twice. `phase` came later: ADD COLUMN IF NOT
+# EXISTS migrates a table from before it, whose rows were all completions ('done').
 LEDGER_DDL = (
     f"""CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
     id bigserial PRIMARY KEY,
@@ -53,12 +64,13 @@ LEDGER_DDL = (
     attempt_id text NOT NULL,
     recorded_at timestamptz NOT NULL DEFAULT clock_timestamp()
 )""",
+    f"ALTER TABLE {LEDGER_TABLE} ADD COLUMN IF NOT EXISTS phase text NOT NULL DEFAULT 'done'",
     f"CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_run ON {LEDGER_TABLE} (run_id)",
     f"CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_attempt ON {LEDGER_TABLE} (attempt_id)",
 )
 LEDGER_QUERY = (
-    f"SELECT dag_id, run_id, task_id, map_index, try_number, hostname, recorded_at FROM {LEDGER_TABLE} "
-    "WHERE starts_with(run_id, %s) ORDER BY id"
+    "SELECT dag_id, run_id, task_id, map_index, try_number, hostname, recorded_at, phase, attempt_id "
+    f"FROM {LEDGER_TABLE} WHERE starts_with(run_id, %s) ORDER BY id"
 )
 
 # libpq settings so a client notices a dead database host in seconds rather than at the kernel's TCP
@@ -174,12 +186,15 @@ def task_starts(task_instances: list[dict[str, Any]]) -> list[TaskStart]:
 
 
 def parse_ledger(text: str) -> list[LedgerRow]:
-    """The ledger reader's JSON output: a list of [dag, run, task, map, try, host, iso time]."""
+    """The ledger reader's JSON output: a list of [dag, run, task, map, try, host, iso time, phase,
+    attempt id]."""
     rows = []
-    for dag_id, run, task_id, map_index, try_number, host, when in json.loads(text):
+    for dag_id, run, task_id, map_index, try_number, host, when, phase, attempt in json.loads(text):
         recorded = parse_time(when)
         assert recorded is not None
-        rows.append(LedgerRow(dag_id, run, task_id, int(map_index), int(try_number), host, recorded))
+        rows.append(
+            LedgerRow(dag_id, run, task_id, int(map_index), int(try_number), host, recorded, phase, attempt)
+        )
     return rows
 
 
@@ -217,8 +232,8 @@ def lab_host_for(hostname: str, lab: Lab, group: str | None = None) -> str | Non
     return None
 
 
-def busiest(hostnames: list[str], lab: Lab, group: str) -> str | None:
-    counts = Counter(h for h in (lab_host_for(n, lab, group) for n in hostnames) if h)
+def busiest(hostnames: list[str], lab: Lab, group: str, avoid: Collection[str] = ()) -> str | None:
+    counts = Counter(h for h in (lab_host_for(n, lab, group) for n in hostnames) if h and h not in avoid)
     return counts.most_common(1)[0][0] if counts else None
 
 
@@ -362,6 +377,59 @@ def redis_replica_linked(address: str, password: str, port: int = 6379) -> bool:
     return "role:slave" in text and "master_link_status:up" in text
 
 
+def etcd_status(address: str, port: int = 2379, timeout: float = 2.0) -> dict[str, Any] | None:
+    """An etcd member's /v3/maintenance/status (its member id and the leader it follows), or None."""
+    try:
+        resp = requests.post(f"http://{address}:{port}/v3/maintenance/status", json={}, timeout=timeout)
+        return resp.json() if resp.status_code == 200 else None
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def member_id(status: Mapping[str, Any] | None) -> str | None:
+    header = (status or {}).get("header") or {}
+    value = header.get("member_id")
+    return str(value) if value else None
+
+
+@dataclass(frozen=True)
+class HostReport:
+    """One look at a host: its units' states, its addresses, keepalived's last VRRP state."""
+
+    units: dict[str, str]
+    addresses: str
+    vrrp: str | None
+
+
+def host_report_script(units: list[str], keepalived: bool) -> str:
+    """Shell printing `systemctl is-active` of the units, `ip -o addr`, and keepalived's last
+    `Entering ... STATE` line, separated by `--` lines (one `docker exec` per host and look)."""
+    lines = [
+        f"systemctl is-active {' '.join(units)}" if units else "true",
+        "echo --",
+        "ip -o addr show",
+        "echo --",
+    ]
+    if keepalived:
+        lines.append(
+            "journalctl -u keepalived --no-pager -o cat -n 500 2>/dev/null | grep 'Entering' | tail -n 1"
+        )
+    return "; ".join(lines)
+
+
+def parse_host_report(text: str, units: list[str]) -> HostReport:
+    sections: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if line.strip() == "--":
+            sections.append([])
+        else:
+            sections[-1].append(line)
+    sections += [[], []]
+    states = " ".join(sections[0]).split()
+    unit_states = {unit: states[i] if i < len(states) else "" for i, unit in enumerate(units)}
+    return HostReport(unit_states, "\n".join(sections[1]), vrrp_state("\n".join(sections[2])))
+
+
 def load_secrets(path: os.PathLike[str] | str) -> dict[str, Any]:
     """The inventory's generated secrets (decrypted with ansible-vault when encrypted)."""
     text = Path(path).read_text()
@@ -402,7 +470,8 @@ try:
         out = []
     else:
         cur.execute(P["query"], (P["prefix"],))
-        out = [list(r[:6]) + [r[6].isoformat()] for r in cur.fetchall() if r[1].startswith(P["prefix"])]
+        rows = [r for r in cur.fetchall() if r[1].startswith(P["prefix"])]
+        out = [list(r[:6]) + [r[6].isoformat()] + list(r[7:]) for r in rows]
     conn.commit()
 finally:
     conn.close()
@@ -432,6 +501,8 @@ class LabOps:
     patroni_port: int = 8008
     sentinel_port: int = 26379
     sentinel_master_name: str = "airflow-broker"
+    etcd_port: int = 2379
+    redis_port: int = 6379
 
     def log(self, message: str) -> None:
         print(f"[chaos] {message}", flush=True)
@@ -457,17 +528,48 @@ class LabOps:
             self.log(f"{host}: docker start")
         docker_hosts.wait_for_systemd(host, timeout=180)
 
+    def pause(self, host: str) -> None:
+        docker_hosts.docker("pause", host)
+        self.log(f"{host}: docker pause (every process frozen; its peers see silence)")
+
+    def unpause(self, host: str) -> None:
+        if docker_hosts.container_state(host) == "paused":
+            docker_hosts.docker("unpause", host)
+            self.log(f"{host}: docker unpause")
+        else:
+            self.log(f"{host}: not paused")
+
     def disconnect(self, host: str) -> None:
-        docker_hosts.docker("network", "disconnect", self.lab.network, host)
-        self.log(f"{host}: docker network disconnect {self.lab.network}")
+        """Cut the host off the lab network: the Docker host's end of its veth goes down, as if its
+        cable were pulled. Its interface keeps its name and address (`docker network disconnect`
+        would remove it and `connect` bring it back as another interface, which keepalived, bound to
+        the old one, never takes back), and nothing it sends gets out: its peers see silence."""
+        veth = self._host_veth(host)
+        subprocess.run(["ip", "link", "set", veth, "down"], check=True, capture_output=True, text=True)
+        self.log(f"{host}: cut off the lab network ({veth} down on the Docker host)")
 
     def connect(self, host: str) -> None:
+        veth = self._host_veth(host)
+        subprocess.run(["ip", "link", "set", veth, "up"], check=True, capture_output=True, text=True)
+        self.log(f"{host}: back on the lab network ({veth} up)")
+
+    def _host_veth(self, host: str) -> str:
+        """The Docker host's end of the veth that carries the host's lab address."""
         address = self.lab.address(host)
-        if self._networks(host).get(self.lab.network):
-            self.log(f"{host}: already on {self.lab.network}")
-            return
-        docker_hosts.docker("network", "connect", "--ip", address, self.lab.network, host)
-        self.log(f"{host}: docker network connect --ip {address} {self.lab.network}")
+        script = (
+            f"for d in /sys/class/net/*; do ip -o -4 addr show dev ${{d##*/}} | grep -q ' {address}/' "
+            "&& cat $d/iflink; done; true"
+        )
+        index = docker_hosts.exec_in(host, "sh", "-c", script).strip()
+        if not index.isdigit():
+            raise ChaosError(f"{host}: no interface with {address}")
+        for link in Path("/sys/class/net").iterdir():
+            try:
+                if (link / "ifindex").read_text().strip() == index:
+                    return link.name
+            except OSError:
+                continue
+        raise ChaosError(f"{host}: no interface with index {index} on the Docker host")
 
     def _networks(self, host: str) -> dict[str, Any]:
         proc = docker_hosts.docker(
@@ -485,16 +587,23 @@ class LabOps:
         return problems
 
     # -- targets ------------------------------------------------------------------------------------
-    def active_scheduler_host(self) -> str:
+    def active_scheduler_host(self, avoid: Collection[str] = ()) -> str:
         for host in self.lab.groups.get("airflow_scheduler", []):
-            if not self.running(host):
+            if host in avoid or not self.running(host):
                 continue
             state = docker_hosts.exec_in(host, "systemctl", "is-active", "airflow-scheduler", check=False)
             if state.strip() == "active":
                 return host
         raise ChaosError("no scheduler host has airflow-scheduler active")
 
-    def busy_worker(self, wait: float = 30.0) -> str:
+    def api_server_host(self, avoid: Collection[str] = ()) -> str:
+        """The last running api-server host (in the lab the first is the one scheduler faults hit)."""
+        for host in reversed(self.lab.groups.get("airflow_webserver", [])):
+            if host not in avoid and self.running(host):
+                return host
+        raise ChaosError("no api-server host is running")
+
+    def busy_worker(self, avoid: Collection[str] = (), wait: float = 30.0) -> str:
         """The worker with the most running task instances (the API's hostname), else the first
         running worker."""
         deadline = time.monotonic() + wait
@@ -502,7 +611,10 @@ class LabOps:
             try:
                 tis = self.api.get("/api/v2/dags/~/dagRuns/~/taskInstances", state="running", limit=100)
                 host = busiest(
-                    [ti.get("hostname") or "" for ti in tis["task_instances"]], self.lab, "airflow_worker"
+                    [ti.get("hostname") or "" for ti in tis["task_instances"]],
+                    self.lab,
+                    "airflow_worker",
+                    avoid,
                 )
                 if host and self.running(host):
                     return host
@@ -510,7 +622,7 @@ class LabOps:
                 self.log(f"running task instances not readable yet: {exc}")
             time.sleep(2)
         for host in self.lab.groups.get("airflow_worker", []):
-            if self.running(host):
+            if host not in avoid and self.running(host):
                 self.log(f"no worker reported running tasks within {wait:.0f} s; taking {host}")
                 return host
         raise ChaosError("no worker container is running")
@@ -527,7 +639,13 @@ class LabOps:
         own = {h.address for h in self.lab.hosts}
         return api_host if as_ip(api_host) and api_host not in own else None
 
-    def vip_holder(self) -> str:
+    def vip_holder(self, avoid: Collection[str] = ()) -> str:
+        holder = self._vip_holder()
+        if holder in avoid:
+            raise ChaosError(f"the VIP holder {holder} is already a target of this fault")
+        return holder
+
+    def _vip_holder(self) -> str:
         lbs = self.lab.groups.get("airflow_loadbalancer", [])
         if not lbs:
             raise ChaosError("the inventory has no airflow_loadbalancer host")
@@ -544,7 +662,20 @@ class LabOps:
             self.log(f"no VIP configured; taking the first load balancer, {lbs[0]}")
         return lbs[0]
 
-    def db_primary(self, wait: float = 60.0) -> str:
+    def db_primary(self, avoid: Collection[str] = (), wait: float = 60.0) -> str:
+        primary = self._db_primary(wait)
+        if primary in avoid:
+            raise ChaosError(f"the PostgreSQL primary {primary} is already a target of this fault")
+        return primary
+
+    def patroni_primary(self) -> str | None:
+        """The member whose Patroni answers 200 on /primary now, quietly; None if none does."""
+        for host in self.lab.groups.get("airflow_metadata_db", []):
+            if http_status(f"http://{self.lab.address(host)}:{self.patroni_port}/primary", 2.0) == 200:
+                return host
+        return None
+
+    def _db_primary(self, wait: float = 60.0) -> str:
         hosts = self.lab.groups.get("airflow_metadata_db", [])
         if not hosts:
             raise ChaosError("the inventory has no airflow_metadata_db host")
@@ -584,7 +715,46 @@ class LabOps:
                 continue
         return None
 
-    def broker_master(self) -> str:
+    def broker_master(self, avoid: Collection[str] = ()) -> str:
+        master = self._broker_master()
+        if master in avoid:
+            self.log(f"the Redis master {master} is already a target; asking the Sentinels for a failover")
+            master = self.move_broker_master(avoid)
+        return master
+
+    def move_broker_master(self, avoid: Collection[str], wait: float = 90.0) -> str:
+        """SENTINEL FAILOVER until the master is a host outside `avoid`, then wait for every replica
+        to link to it (a fault on the new master must find a promotable replica)."""
+        password = str(self.secrets.get("broker_sentinel_password") or "")
+        brokers = self.lab.groups.get("airflow_broker", [])
+        deadline = time.monotonic() + wait
+        asked_at = 0.0
+        while time.monotonic() < deadline:
+            address = self.sentinel_majority_master()
+            master = lab_host_for(address, self.lab) if address else None
+            if master and master not in avoid:
+                if not [p for p in self.replication_problems() if p.startswith("broker")]:
+                    self.log(f"Sentinels: {master} is the Redis master now, every replica linked")
+                    return master
+            elif time.monotonic() - asked_at > 20:
+                for host in brokers:
+                    try:
+                        redis_call(
+                            self.lab.address(host),
+                            self.sentinel_port,
+                            password,
+                            "SENTINEL",
+                            "FAILOVER",
+                            self.sentinel_master_name,
+                        )
+                        asked_at = time.monotonic()
+                        break
+                    except (OSError, ChaosError) as exc:
+                        self.log(f"SENTINEL FAILOVER on {host} refused: {exc}")
+            time.sleep(2)
+        raise ChaosError(f"the Redis master did not move off {', '.join(sorted(avoid))} within {wait:.0f} s")
+
+    def _broker_master(self) -> str:
         brokers = self.lab.groups.get("airflow_broker", [])
         if not brokers:
             raise ChaosError("the inventory has no airflow_broker host")
@@ -610,6 +780,131 @@ class LabOps:
             f"no Sentinel answers on port {self.sentinel_port}; taking the first broker host, {brokers[0]}"
         )
         return brokers[0]
+
+    def etcd_statuses(self) -> dict[str, dict[str, Any] | None]:
+        return {
+            h: etcd_status(self.lab.address(h), self.etcd_port)
+            for h in self.lab.groups.get("airflow_etcd", [])
+        }
+
+    def etcd_leader(self, avoid: Collection[str] = (), wait: float = 60.0) -> str:
+        """The etcd raft leader. When it is also the Patroni primary (or in `avoid`), leadership is
+        moved to a member that is neither first, so the fault hits etcd and not the database primary;
+        if that fails the leader is taken anyway (but never one in `avoid`)."""
+        deadline = time.monotonic() + wait
+        while True:
+            statuses = self.etcd_statuses()
+            leader = etcd_leader(statuses)
+            if leader:
+                break
+            if time.monotonic() > deadline:
+                raise ChaosError("the etcd members name no common leader")
+            time.sleep(2)
+        spare = set(avoid) | {p for p in [self.patroni_primary()] if p}
+        if leader in spare:
+            others = [h for h in statuses if h not in spare and member_id(statuses[h])]
+            if others and self._move_etcd_leader(leader, others[0], statuses):
+                leader = others[0]
+            elif leader in avoid:
+                raise ChaosError(f"the etcd leader {leader} is already a target and leadership did not move")
+            else:
+                self.log(f"the etcd leader {leader} is also the Patroni primary; taking it anyway")
+        self.log(f"etcd: {leader} is the raft leader")
+        return leader
+
+    def _move_etcd_leader(
+        self, leader: str, target: str, statuses: Mapping[str, Any], wait: float = 15
+    ) -> bool:
+        url = f"http://{self.lab.address(leader)}:{self.etcd_port}/v3/maintenance/transfer-leadership"
+        try:
+            resp = requests.post(url, json={"targetID": member_id(statuses[target])}, timeout=10)
+        except requests.RequestException as exc:
+            self.log(f"etcd: moving the leadership to {target} failed: {exc}")
+            return False
+        if resp.status_code != 200:
+            self.log(
+                f"etcd: moving the leadership to {target} failed: HTTP {resp.status_code} {resp.text[:200]}"
+            )
+            return False
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if etcd_leader(self.etcd_statuses()) == target:
+                self.log(f"etcd: leadership moved from {leader} (the Patroni primary) to {target}")
+                return True
+            time.sleep(1)
+        return False
+
+    # -- hosts back in their roles ----------------------------------------------------------------------
+    def wanted_units(self, host: str) -> list[str]:
+        """The units a host must run by its groups (the scheduler's are judged apart)."""
+        groups = self.lab.groups
+        wanted: list[str] = []
+        if host in groups.get("airflow_scheduler", []):
+            wanted += ["airflow-scheduler", "airflow-ha-failover"]
+        if host in groups.get("airflow_webserver", []):
+            wanted.append("airflow-api-server")
+        if host in groups.get("airflow_worker", []):
+            wanted.append("airflow-worker")
+        if host in groups.get("airflow_loadbalancer", []):
+            wanted += ["haproxy"] + (["keepalived"] if self.vip() else [])
+        if host in groups.get("airflow_broker", []):
+            wanted += ["redis-server"] + (["redis-sentinel"] if len(groups["airflow_broker"]) > 1 else [])
+        if host in groups.get("airflow_metadata_db", []) and len(groups["airflow_metadata_db"]) > 1:
+            wanted.append("patroni")
+        if host in groups.get("airflow_etcd", []):
+            wanted.append("etcd")
+        return wanted
+
+    def host_report(self, host: str) -> HostReport | None:
+        units = self.wanted_units(host)
+        keepalived = "keepalived" in units
+        try:
+            proc = docker_hosts.docker(
+                "exec", host, "sh", "-c", host_report_script(units, keepalived), check=False, timeout=15
+            )
+        except subprocess.TimeoutExpired:
+            return None
+        if proc.returncode != 0 and not proc.stdout:
+            return None
+        return parse_host_report(proc.stdout, units)
+
+    def role_problems(self) -> list[str]:
+        """Hosts not back in their roles: units down, Sentinels not agreeing on the master, no or two
+        VIP holders or a load balancer that is not a keepalived BACKUP, etcd without a common leader.
+        (Database replicas and broker links: replication_problems.)"""
+        groups = self.lab.groups
+        reports = {h.name: self.host_report(h.name) for h in self.lab.hosts if self.running(h.name)}
+        problems = [f"{h}: no answer to docker exec" for h, r in reports.items() if r is None]
+        ok = {h: r for h, r in reports.items() if r is not None}
+        schedulers = set(groups.get("airflow_scheduler", []))
+        problems += scheduler_problems({h: r.units for h, r in ok.items() if h in schedulers})
+        problems += unit_problems(
+            {
+                h: {u: s for u, s in r.units.items() if u not in ("airflow-scheduler", "airflow-ha-failover")}
+                for h, r in ok.items()
+            }
+        )
+        vip = self.vip()
+        lbs = groups.get("airflow_loadbalancer", [])
+        problems += loadbalancer_problems(
+            {h: holds_address(ok[h].addresses, vip) if h in ok and vip else None for h in lbs},
+            {h: ok[h].vrrp if h in ok else None for h in lbs},
+            vip,
+        )
+        brokers = groups.get("airflow_broker", [])
+        if len(brokers) > 1:
+            password = str(self.secrets.get("broker_sentinel_password") or "")
+            problems += sentinel_problems(
+                {
+                    h: sentinel_master(
+                        self.lab.address(h), self.sentinel_port, password, self.sentinel_master_name, 2.0
+                    )
+                    for h in brokers
+                }
+            )
+        if groups.get("airflow_etcd"):
+            problems += etcd_problems(self.etcd_statuses())
+        return problems
 
     # -- the database and the ledger ------------------------------------------------------------------
     def airflow_host(self) -> str:

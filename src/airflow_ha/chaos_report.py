@@ -1,5 +1,5 @@
 """The chaos run's bookkeeping, with no I/O: run ids, the ledger analysis, the measurements, the
-target checks and the table that goes into docs/benchmarks.md.
+target and invariant checks and the table that goes into docs/benchmarks.md.
 
 Everything here works on plain records (triggers, ledger rows, task-instance start times, final run
 states) so the unit tests can feed it fake data; `airflow_ha.chaos` collects the real ones.
@@ -13,6 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from airflow_ha.chaos_invariants import TwoWriters
+
 BEGIN = "<!-- bench:chaos:begin -->"
 END = "<!-- bench:chaos:end -->"
 HEADING = "Chaos"
@@ -20,7 +22,7 @@ BASELINE = "baseline"
 RUN_ID_PREFIX = "chaos"
 # A run id: chaos__<session>__<phase>__<kind><seq>, e.g. chaos__20260101T120000__db-primary__load0042.
 # Only characters of Airflow's default [core] allowed_run_id_pattern (^[A-Za-z0-9_.~:+-]+$).
-_RUN_ID = re.compile(r"^chaos__(?P<session>[0-9A-Za-z]+)__(?P<phase>[a-z0-9-]+)__(?P<kind>load|probe)\d+$")
+_RUN_ID = re.compile(r"^chaos__(?P<session>[0-9A-Za-z]+)__(?P<phase>[a-z0-9+-]+)__(?P<kind>load|probe)\d+$")
 
 TaskKey = tuple[str, str, str, int]  # dag_id, run_id, task_id, map_index
 TryKey = tuple[str, str, str, int, int]  # ... and try_number
@@ -38,6 +40,12 @@ def phase_of(run: str) -> str | None:
     """The phase (fault name or `baseline`) a run id was triggered in; None for a foreign run id."""
     match = _RUN_ID.match(run)
     return match["phase"] if match else None
+
+
+def kind_of(run: str) -> str | None:
+    """`load` (the load generator) or `probe` (a health probe); None for a foreign run id."""
+    match = _RUN_ID.match(run)
+    return match["kind"] if match else None
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,8 @@ class Trigger:
 
 @dataclass(frozen=True)
 class LedgerRow:
-    """One completion a task wrote into the ledger table."""
+    """One row a task wrote into the ledger table: `start` before its work, `done` after it. The
+    attempt id is one per execution of the task (both rows of an execution share it)."""
 
     dag_id: str
     run_id: str
@@ -69,6 +78,8 @@ class LedgerRow:
     try_number: int
     hostname: str
     recorded_at: dt.datetime
+    phase: str = "done"
+    attempt: str = ""
 
     @property
     def key(self) -> TryKey:
@@ -107,7 +118,9 @@ def account_runs(triggers: Iterable[Trigger], final_states: Mapping[str, str]) -
     A run is triggered when the API answered (created, or 409 on a retry) or when it exists in the
     database at the end (a trigger whose answer was lost). Such a run is lost unless its final state
     is `success`; one the API acknowledged that is not in the database at all is lost as `missing`.
-    A trigger never answered whose run does not exist is not a lost run, only an unanswered trigger.
+    A trigger never answered whose run does not exist is not a lost run. Every load trigger the API
+    never answered within its give-up time is listed as unanswered (a failure of its own); a health
+    probe's is not (the runner triggers another).
     """
     accounts: dict[str, RunAccount] = defaultdict(RunAccount)
     seen: set[str] = set()
@@ -117,8 +130,9 @@ def account_runs(triggers: Iterable[Trigger], final_states: Mapping[str, str]) -
         seen.add(trig.run_id)
         acct = accounts[trig.phase]
         state = final_states.get(trig.run_id)
-        if not trig.answered and state is None:
+        if not trig.answered and kind_of(trig.run_id) != "probe":
             acct.unanswered.append(trig.run_id)
+        if not trig.answered and state is None:
             continue
         acct.triggered.append(trig.run_id)
         if state != "success":
@@ -134,34 +148,47 @@ def account_runs(triggers: Iterable[Trigger], final_states: Mapping[str, str]) -
     return dict(accounts)
 
 
-def duplicate_completions(rows: Iterable[LedgerRow]) -> dict[TryKey, list[LedgerRow]]:
-    """Ledger keys (dag, run, task, map index, try) written more than once: a try completed twice."""
-    by_key: dict[TryKey, list[LedgerRow]] = defaultdict(list)
+def work_done_twice(rows: Iterable[LedgerRow]) -> dict[TaskKey, list[LedgerRow]]:
+    """Tasks whose work ran twice: an execution finished its work (a `done` row) and another execution
+    of the same try or of a later try started (a `start` row). A later try only runs when the
+    finished one's success was never reported, so its work is done again. A try that died before
+    finishing (no `done` row) and was retried is not counted. Returns the rows of each such task.
+    Rows without an attempt id (a ledger from before the start rows) are one execution per row."""
+    by_task: dict[TaskKey, list[LedgerRow]] = defaultdict(list)
     for row in rows:
-        by_key[row.key].append(row)
-    return {key: found for key, found in by_key.items() if len(found) > 1}
+        by_task[row.task_key].append(row)
+    twice: dict[TaskKey, list[LedgerRow]] = {}
+    for key, found in by_task.items():
+        done = {(r.attempt or f"row{i}", r.try_number) for i, r in enumerate(found) if r.phase == "done"}
+        runs = {(r.attempt or f"row{i}", r.try_number) for i, r in enumerate(found)}
+        if any(other != first and other[1] >= first[1] for first in done for other in runs):
+            twice[key] = found
+    return twice
 
 
 def retried_tasks(rows: Iterable[LedgerRow]) -> set[TaskKey]:
-    """Tasks that completed on a try after the first: retried, which is expected after a worker
-    died (its try timed out and a new try ran), and is not a duplicate. A try killed with its
-    worker writes no row, so one completion under try 2 is a retry too."""
+    """Tasks that ran on a try after the first: retried, which is expected after a worker died (its
+    try timed out and a new try ran), and is not work done twice unless the earlier try finished."""
     return {row.task_key for row in rows if row.try_number > 1}
 
 
 def ledger_gaps(
     rows: Iterable[LedgerRow], succeeded: Iterable[str], expected_tasks: Mapping[str, int]
 ) -> dict[str, int]:
-    """Successful runs with fewer distinct completed tasks in the ledger than they have tasks
-    (a completion the database forgot, e.g. over a failover): run id -> tasks missing."""
-    done: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    """Successful runs with fewer distinct tasks in the ledger than they have tasks, counted for the
+    `start` rows and the `done` rows apart (a row the database forgot, e.g. over a failover, or a DAG
+    file older than the start rows): run id -> rows missing."""
+    seen: dict[tuple[str, str], set[tuple[str, int]]] = defaultdict(set)
     for row in rows:
-        done[row.run_id].add((row.task_id, row.map_index))
+        seen[(row.run_id, row.phase)].add((row.task_id, row.map_index))
     gaps = {}
     for run in succeeded:
         want = expected_tasks.get(run)
-        if want is not None and len(done[run]) < want:
-            gaps[run] = want - len(done[run])
+        if want is None:
+            continue
+        missing = sum(max(0, want - len(seen[(run, phase)])) for phase in ("start", "done"))
+        if missing:
+            gaps[run] = missing
     return gaps
 
 
@@ -201,13 +228,19 @@ def runs_triggered_after(triggers: Iterable[Trigger], moment: dt.datetime) -> se
 
 @dataclass(frozen=True)
 class Targets:
-    resume_scheduler: float = 30.0  # faults where the other scheduler keeps going (active-active)
-    resume_other: float = 60.0
+    resume_scheduler: float = 10.0  # scheduler faults: the other scheduler keeps going (active-active)
+    resume_other: float = 15.0  # any other single fault
+    resume_combined: float = 30.0  # two hosts of different tiers at once
+    db_writes: float = 15.0  # the longest time without an acknowledged commit, for every fault
     healthy: float = 180.0
     lost: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # tasks whose work ran twice
+    lost_commits: int = 0
+    two_primaries: int = 0  # moments with two writers, for the database and for the broker
 
     def resume_for(self, fault: FaultResult) -> float:
+        if fault.combined:
+            return self.resume_combined
         return self.resume_scheduler if fault.scheduler_fault else self.resume_other
 
 
@@ -217,23 +250,37 @@ class FaultResult:
 
     name: str
     description: str = ""
-    target_host: str = ""
+    target_host: str = ""  # hosts of a combined fault joined by "+"
     scheduler_fault: bool = False
+    combined: bool = False
     injected_at: dt.datetime | None = None
     recovered_at: dt.datetime | None = None
     resumed_s: float | None = None
     healthy_s: float | None = None
     error: str = ""  # the fault could not be injected or recovered
     triggered: int = 0
-    unanswered: int = 0
+    unanswered: int = 0  # load triggers the API never answered within their give-up time
     lost: dict[str, str] = field(default_factory=dict)
-    duplicates: dict[TryKey, list[LedgerRow]] = field(default_factory=dict)
+    work_twice: dict[TaskKey, list[LedgerRow]] = field(default_factory=dict)
     retried: int = 0
     ledger_gaps: dict[str, int] = field(default_factory=dict)
+    # The invariants watched while the fault lasted (None / empty: not watched, e.g. the baseline).
+    db_writes_s: float | None = None  # longest time without an acknowledged commit
+    commits_acked: int = 0
+    commits_lost: list[int] = field(default_factory=list)
+    commit_errors: list[str] = field(default_factory=list)  # the probe's first distinct errors
+    db_two_primaries: list[TwoWriters] = field(default_factory=list)
+    broker_two_masters: list[TwoWriters] = field(default_factory=list)
+    unwatched: list[str] = field(default_factory=list)  # why an invariant could not be checked
+    idle_workers: list[str] = field(default_factory=list)  # workers back from the fault that ran nothing
 
     @property
     def is_fault(self) -> bool:
         return self.name != BASELINE
+
+    @property
+    def watched(self) -> bool:
+        return self.is_fault and self.injected_at is not None
 
 
 def fill_accounts(
@@ -242,7 +289,7 @@ def fill_accounts(
     rows: Sequence[LedgerRow],
     expected_tasks: Mapping[str, int],
 ) -> None:
-    """Attach to each phase its runs, lost runs, duplicates, retries and ledger gaps."""
+    """Attach to each phase its runs, lost runs, work done twice, retries and ledger gaps."""
     by_phase: dict[str, list[LedgerRow]] = defaultdict(list)
     for row in rows:
         by_phase[phase_of(row.run_id) or BASELINE].append(row)
@@ -252,90 +299,136 @@ def fill_accounts(
         res.unanswered = len(acct.unanswered)
         res.lost = dict(acct.lost)
         phase_rows = by_phase.get(res.name, [])
-        res.duplicates = duplicate_completions(phase_rows)
+        res.work_twice = work_done_twice(phase_rows)
         res.retried = len(retried_tasks(phase_rows))
         succeeded = [r for r in acct.triggered if r not in acct.lost]
         res.ledger_gaps = ledger_gaps(phase_rows, succeeded, expected_tasks)
 
 
+def _sample(items: Sequence[str], limit: int = 5) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _recovery_reasons(res: FaultResult, targets: Targets) -> list[str]:
+    reasons = []
+    want = targets.resume_for(res)
+    if res.resumed_s is None:
+        reasons.append(f"{res.name}: scheduling never resumed (target {want:.0f} s)")
+    elif res.resumed_s > want:
+        reasons.append(f"{res.name}: scheduling resumed after {res.resumed_s:.0f} s, target {want:.0f} s")
+    if res.db_writes_s is None:
+        reasons.append(f"{res.name}: DB writes not measured")
+    elif res.db_writes_s > targets.db_writes:
+        reasons.append(
+            f"{res.name}: DB writes back after {res.db_writes_s:.1f} s, target {targets.db_writes:.0f} s"
+        )
+    if res.healthy_s is None:
+        reasons.append(f"{res.name}: the cluster did not become healthy again")
+    elif res.healthy_s > targets.healthy:
+        reasons.append(
+            f"{res.name}: healthy again after {res.healthy_s:.0f} s, target {targets.healthy:.0f} s"
+        )
+    return reasons
+
+
+def _invariant_reasons(res: FaultResult, targets: Targets) -> list[str]:
+    reasons = []
+    if len(res.commits_lost) > targets.lost_commits:
+        seqs = [str(s) for s in res.commits_lost]
+        reasons.append(
+            f"{res.name}: {len(res.commits_lost)} of {res.commits_acked} acknowledged commits lost "
+            f"(target {targets.lost_commits}): seq {_sample(seqs)}"
+        )
+    for tier, moments in (
+        ("database primaries", res.db_two_primaries),
+        ("Redis masters", res.broker_two_masters),
+    ):
+        if len(moments) > targets.two_primaries:
+            reasons.append(
+                f"{res.name}: {len(moments)} moments with two {tier} accepting writes "
+                f"(target {targets.two_primaries}): {_sample([m.describe() for m in moments], 3)}"
+            )
+    reasons += [f"{res.name}: invariant not checked: {why}" for why in res.unwatched]
+    if res.idle_workers:
+        reasons.append(f"{res.name}: {', '.join(res.idle_workers)} ran no task after coming back")
+    return reasons
+
+
 def failures(results: Sequence[FaultResult], targets: Targets) -> list[str]:
-    """Why the run failed, one reason per line; empty when every target was met."""
+    """Why the run failed, one reason per line; empty when every target was met and every invariant
+    held."""
     reasons: list[str] = []
     for res in results:
         if res.error:
             reasons.append(f"{res.name}: {res.error}")
-        if res.is_fault and res.injected_at is not None:
-            want = targets.resume_for(res)
-            if res.resumed_s is None:
-                reasons.append(f"{res.name}: scheduling never resumed (target {want:.0f} s)")
-            elif res.resumed_s > want:
-                reasons.append(
-                    f"{res.name}: scheduling resumed after {res.resumed_s:.0f} s, target {want:.0f} s"
-                )
-            if res.healthy_s is None:
-                reasons.append(f"{res.name}: the cluster did not become healthy again")
-            elif res.healthy_s > targets.healthy:
-                reasons.append(
-                    f"{res.name}: healthy again after {res.healthy_s:.0f} s, target {targets.healthy:.0f} s"
-                )
+        if res.watched:
+            reasons += _recovery_reasons(res, targets)
+            reasons += _invariant_reasons(res, targets)
+        if res.unanswered:
+            reasons.append(f"{res.name}: {res.unanswered} triggers got no answer from the API in time")
         if len(res.lost) > targets.lost:
-            sample = ", ".join(f"{run} ({state})" for run, state in sorted(res.lost.items())[:5])
-            more = f" and {len(res.lost) - 5} more" if len(res.lost) > 5 else ""
-            reasons.append(f"{res.name}: {len(res.lost)} runs lost (target {targets.lost}): {sample}{more}")
-        if len(res.duplicates) > targets.duplicates:
+            sample = _sample([f"{run} ({state})" for run, state in sorted(res.lost.items())])
+            reasons.append(f"{res.name}: {len(res.lost)} runs lost (target {targets.lost}): {sample}")
+        if len(res.work_twice) > targets.duplicates:
             sample = "; ".join(
-                f"{key[1]} {key[2]}[{key[3]}] try {key[4]} on {', '.join(r.hostname for r in rows)}"
-                for key, rows in sorted(res.duplicates.items())[:5]
+                f"{key[1]} {key[2]}[{key[3]}] "
+                + ", ".join(f"{r.phase} try {r.try_number} on {r.hostname}" for r in rows)
+                for key, rows in sorted(res.work_twice.items())[:5]
             )
             reasons.append(
-                f"{res.name}: {len(res.duplicates)} tasks completed twice "
+                f"{res.name}: {len(res.work_twice)} tasks did their work twice "
                 f"(target {targets.duplicates}): {sample}"
+            )
+        if res.ledger_gaps:
+            reasons.append(
+                f"{res.name}: {len(res.ledger_gaps)} successful runs lack ledger rows: "
+                f"{_sample(sorted(res.ledger_gaps))}"
             )
     return reasons
 
 
 def warnings(results: Sequence[FaultResult]) -> list[str]:
-    """Worth knowing, not a failure: unanswered triggers, successful runs with ledger gaps."""
-    notes = []
-    for res in results:
-        if res.unanswered:
-            notes.append(f"{res.name}: {res.unanswered} triggers got no answer from the API (not runs lost)")
-        if res.ledger_gaps:
-            sample = ", ".join(sorted(res.ledger_gaps)[:5])
-            notes.append(
-                f"{res.name}: {len(res.ledger_gaps)} successful runs lack ledger rows "
-                f"for some tasks: {sample}"
-            )
-    return notes
+    """Worth knowing, not a failure: what the commit probe met while the database was away."""
+    return [
+        f"{res.name}: the commit probe met: {'; '.join(res.commit_errors)}"
+        for res in results
+        if res.commit_errors
+    ]
 
 
-def _seconds(value: float | None, target: float | None = None) -> str:
+def _seconds(value: float | None, target: float | None = None, digits: int = 0) -> str:
     if value is None:
         return "never" if target is not None else "-"
-    text = f"{value:.0f} s"
+    text = f"{value:.{digits}f} s"
     return f"{text} (target {target:.0f} s)" if target is not None else text
 
 
 def render_table(results: Sequence[FaultResult], targets: Targets) -> str:
     """The markdown table: one row per phase."""
     lines = [
-        "| fault | scheduling resumed after | healthy again after | runs triggered | runs lost "
-        "| tasks completed twice | tasks retried |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| fault | scheduling resumed after | DB writes back after | healthy again after | runs triggered "
+        "| runs lost | acknowledged commits lost | work done twice "
+        "| moments with two primaries (DB / broker) | tasks retried |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for res in results:
-        if res.is_fault and res.injected_at is not None:
+        commits = two = "-"
+        if res.watched:
             resumed = _seconds(res.resumed_s, targets.resume_for(res))
+            writes = _seconds(res.db_writes_s, targets.db_writes, 1) if res.db_writes_s is not None else "-"
             healthy = _seconds(res.healthy_s, targets.healthy)
+            commits = f"{len(res.commits_lost)} of {res.commits_acked}"
+            two = f"{len(res.db_two_primaries)} / {len(res.broker_two_masters)}"
         elif res.is_fault:
-            resumed = healthy = "not injected"
+            resumed = writes = healthy = "not injected"
         else:
-            resumed = healthy = "-"
+            resumed = writes = healthy = "-"
         name = res.name if not res.target_host else f"{res.name} ({res.target_host})"
         triggered = str(res.triggered) + (f" (+{res.unanswered} unanswered)" if res.unanswered else "")
         lines.append(
-            f"| {name} | {resumed} | {healthy} | {triggered} | {len(res.lost)} | {len(res.duplicates)} "
-            f"| {res.retried} |"
+            f"| {name} | {resumed} | {writes} | {healthy} | {triggered} | {len(res.lost)} | {commits} "
+            f"| {len(res.work_twice)} | {two} | {res.retried} |"
         )
     return "\n".join(lines)
 
@@ -357,19 +450,29 @@ def render_section(
         BEGIN,
         f"Measured {when.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC by `{command}`.",
         "",
-        f"Load: one `airflow_ha_chaos` run triggered every {interval:g} s through the API. Faults are",
-        "injected one at a time and undone; the cluster must then be healthy again (API health, every",
-        "container running at its address, every database and broker replica caught up, a fresh run",
-        "succeeding) before the next fault. A host goes",
-        f"down by `docker {host_down}`. Result: {verdict}.",
+        f"Load: one `airflow_ha_chaos` run triggered every {interval:g} s through the API, several in",
+        "flight at once. Faults are injected one at a time and undone; the cluster must then be whole",
+        "again (API health, every container running at its address, every database and broker replica",
+        "caught up, every service active, the Sentinels and etcd members agreeing, one VIP holder and the",
+        "other load balancers keepalived BACKUP, a fresh run succeeding) before the next fault. A host",
+        f"goes down by `docker {host_down}`. Result: {verdict}.",
         "",
         render_table(results, targets),
         "",
         "Scheduling resumed after: from the injection to the first task started that a scheduler handled",
-        "after it. Healthy again after: from the moment the fault was undone. Runs triggered include the",
-        "health probes; retried tasks (completed on a try after the first) are expected after a worker",
-        "is lost (a new try, not the same try twice). Targets: runs lost "
-        f"{targets.lost}, tasks completed twice {targets.duplicates}.",
+        "after it. DB writes back after: the longest time without an acknowledged commit of a probe",
+        "writing through the Airflow database address every 100 ms while the fault lasted (never",
+        "cancelling a commit). Acknowledged commits lost: probe commits acknowledged but missing when",
+        "read back afterwards. Work done twice: a task's work finished and then ran again (a later try",
+        "started), from the ledger the tasks write before and after their work. Moments with two",
+        "primaries: every database member (and Redis node) sampled about twice a second; two accepting",
+        "writes at once (primary with its synchronous standby streaming; master with enough replicas).",
+        "Healthy again after: from the moment the fault was undone. Runs triggered include the health",
+        "probes; every load trigger must be answered. Targets: scheduling resumed "
+        f"{targets.resume_other:.0f} s ({targets.resume_scheduler:.0f} s for scheduler faults, "
+        f"{targets.resume_combined:.0f} s for combined ones), DB writes back {targets.db_writes:.0f} s, "
+        f"runs lost {targets.lost}, commits lost {targets.lost_commits}, work done twice "
+        f"{targets.duplicates}, moments with two primaries {targets.two_primaries}.",
         "",
     ]
     lines += [f"- `{name}`: {text}" for name, text in descriptions.items()]
