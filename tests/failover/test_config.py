@@ -19,7 +19,8 @@ from airflow_ha.failover.config import (
 def test_defaults_are_valid_and_aim_at_a_15s_takeover() -> None:
     cfg = FailoverConfig(dsn="host=db")
     assert validate(cfg) == []
-    assert (cfg.ttl, cfg.renew_interval, cfg.safety_margin) == (10.0, 2.0, 3.0)
+    assert (cfg.ttl, cfg.renew_interval, cfg.safety_margin) == (10.0, 2.0, 4.0)
+    assert cfg.unit_stop_bound == 3.0  # stop_timeout 2 + systemctl_timeout 1 < safety_margin 4
     assert cfg.units == ("airflow-scheduler.service",)
     assert cfg.health.urls == ("http://127.0.0.1:8974/health",)
     assert cfg.worst_case_takeover <= 15.0
@@ -90,8 +91,13 @@ def test_missing_default_file_is_fine_with_env_but_an_explicit_one_is_not(tmp_pa
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"ttl": 6}, "ttl (6) must be greater than 2 * renew_interval (2) + safety_margin (3) = 7"),
-        ({"stop_timeout": 3}, "stop_timeout (3) must be less than safety_margin (3)"),
+        ({"ttl": 6}, "ttl (6) must be greater than 2 * renew_interval (2) + safety_margin (4) = 8"),
+        (
+            {"stop_timeout": 3},
+            "stop_timeout (3) + systemctl_timeout (1) = 4 must be less than safety_margin (4)",
+        ),
+        ({"systemctl_timeout": 0}, "systemctl_timeout must be > 0"),
+        ({"watchdog_sec": -1}, "watchdog_sec must be >= 0"),
         ({"statement_timeout": 2}, "statement_timeout (2) must be less than renew_interval (2)"),
         ({"db_timeout": 4}, "one hung database call cannot use up the whole lease"),
         ({"db_timeout": 0.5}, "db_timeout (0.5) must be at least statement_timeout (1)"),
@@ -142,3 +148,59 @@ def test_missing_dsn_file_is_reported(tmp_path: Path) -> None:
 )
 def test_redact_dsn(dsn: str, shown: str) -> None:
     assert redact_dsn(dsn) == shown
+
+
+# -- the systemd watchdog against the lease ---------------------------------------------------------
+
+
+def test_the_role_defaults_with_a_4s_watchdog_are_valid() -> None:
+    cfg = config_from_mapping({"dsn": "host=db", "watchdog_sec": 4})
+    # a hung leader is killed and its units are down before the lease can pass: 4 + 3 + 2 < 10
+    assert cfg.watchdog_sec + cfg.unit_stop_bound + cfg.db_timeout < cfg.ttl
+    assert cfg.longest_step == 3.0  # the fence: stop_timeout 2 + systemctl_timeout 1
+
+
+def test_a_watchdog_longer_than_the_lease_is_refused() -> None:
+    # the setting the role had before: WatchdogSec 15 against a 10 s lease
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({"dsn": "host=db", "watchdog_sec": 15})
+    assert any(
+        "watchdog_sec (15) + stop_timeout + systemctl_timeout (3) + db_timeout (2) = 20 "
+        "must be less than ttl (10)" in p
+        for p in err.value.problems
+    ), err.value.problems
+
+
+def test_a_watchdog_shorter_than_a_fence_is_refused() -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({"dsn": "host=db", "watchdog_sec": 2.5})
+    assert any(
+        "watchdog_sec (2.5) must exceed the longest step between two watchdog pings (3 s" in p
+        for p in err.value.problems
+    ), err.value.problems
+
+
+def test_standby_checks_count_in_the_longest_step() -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping(
+            {
+                "dsn": "host=db",
+                "watchdog_sec": 4,
+                "health": {"standby_checks": ["true"], "standby_check_timeout": 5},
+            }
+        )
+    assert any("longest step between two watchdog pings (5 s" in p for p in err.value.problems)
+
+
+def test_slow_renewals_must_not_starve_the_watchdog() -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping(
+            {"dsn": "host=db", "ttl": 12, "renew_interval": 3.9, "db_timeout": 3, "watchdog_sec": 5}
+        )
+    assert any(
+        "or a healthy leader whose renewals are slow would lose its watchdog" in p for p in err.value.problems
+    )
+
+
+def test_no_watchdog_needs_no_watchdog_rules() -> None:
+    assert validate(FailoverConfig(dsn="host=db", watchdog_sec=0)) == []

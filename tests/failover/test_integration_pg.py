@@ -407,6 +407,7 @@ ttl = {TTL}
 renew_interval = {INTERVAL}
 safety_margin = {MARGIN}
 stop_timeout = 0.5
+systemctl_timeout = 0.3
 statement_timeout = 0.3
 db_timeout = {DB_TIMEOUT}
 dry_run = true

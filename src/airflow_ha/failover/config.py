@@ -9,8 +9,11 @@ File (default ``/etc/airflow-ha/failover.toml``, or ``$AIRFLOW_HA_FAILOVER_CONFI
     units = ["airflow-scheduler.service"]      # run only on the lease holder
     ttl = 10.0                         # lease length (database clock), seconds
     renew_interval = 2.0               # loop period: renew (leader) / try to acquire (standby)
-    safety_margin = 3.0                # the leader fences this long before its lease can expire
-    stop_timeout = 2.0                 # `systemctl stop` bound, then SIGKILL; must be < safety_margin
+    safety_margin = 4.0                # the leader fences this long before its lease can expire
+    stop_timeout = 2.0                 # `systemctl stop` bound, then SIGKILL
+    systemctl_timeout = 1.0            # bound of every other systemctl call (the SIGKILL included);
+                                       # stop_timeout + systemctl_timeout must be < safety_margin
+    watchdog_sec = 4.0                 # the unit's WatchdogSec (0: none); see validate() for its rules
     statement_timeout = 1.0            # server-side statement/lock timeout
     db_timeout = 2.0                   # client-side bound on one database call, (re)connect included
     connect_timeout = 2                # libpq connect_timeout (integer seconds, libpq's minimum is 2)
@@ -84,8 +87,10 @@ class FailoverConfig:
     units: tuple[str, ...] = ("airflow-scheduler.service",)
     ttl: float = 10.0
     renew_interval: float = 2.0
-    safety_margin: float = 3.0
+    safety_margin: float = 4.0
     stop_timeout: float = 2.0
+    systemctl_timeout: float = 1.0
+    watchdog_sec: float = 0.0
     statement_timeout: float = 1.0
     db_timeout: float = 2.0
     connect_timeout: int = 2
@@ -97,6 +102,23 @@ class FailoverConfig:
     def worst_case_takeover(self) -> float:
         """Seconds from the leader vanishing to a standby holding the lease, at worst."""
         return self.ttl + self.renew_interval + self.db_timeout
+
+    @property
+    def unit_stop_bound(self) -> float:
+        """Seconds a fence may take: ``systemctl stop`` (bounded), then ``systemctl kill`` (SIGKILL)."""
+        return self.stop_timeout + self.systemctl_timeout
+
+    @property
+    def longest_step(self) -> float:
+        """The longest the loop may go without a chance to ping the systemd watchdog: one database
+        call, one fence, or the leader's look at its units and health URLs (standby checks too)."""
+        h = self.health
+        return max(
+            self.db_timeout,
+            self.unit_stop_bound,
+            h.timeout * len(h.urls) + self.systemctl_timeout * len(self.units),
+            h.standby_check_timeout * len(h.standby_checks),
+        )
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as plain data, with the DSN's password hidden."""
@@ -283,6 +305,38 @@ def _coerce(raw: Any, hint: Any, from_env: bool) -> Any:
 # Validation
 
 
+def _watchdog_problems(cfg: FailoverConfig) -> list[str]:
+    """The systemd watchdog (WatchdogSec = ``watchdog_sec``) against the lease.
+
+    A leader pings the watchdog only while ``now + watchdog_sec + unit_stop_bound`` is before its
+    lease's expiry (controller.py), so a controller that hangs at any moment is killed by systemd,
+    and its units (bound to it, TimeoutStopSec = stop_timeout) are down, before the lease can pass.
+    That only works if a healthy leader may ping at all, and never goes ``watchdog_sec`` without.
+    """
+    p: list[str] = []
+    w, stop, db = cfg.watchdog_sec, cfg.unit_stop_bound, cfg.db_timeout
+    if w + stop + db >= cfg.ttl:
+        p.append(
+            f"watchdog_sec ({w:g}) + stop_timeout + systemctl_timeout ({stop:g}) + db_timeout ({db:g}) = "
+            f"{w + stop + db:g} must be less than ttl ({cfg.ttl:g}): systemd must kill a hung leader and its "
+            "units must be down before its lease can pass to another host; lower watchdog_sec or raise ttl"
+        )
+    elif cfg.renew_interval + db + stop + max(w / 2, db) >= cfg.ttl:
+        p.append(
+            f"renew_interval ({cfg.renew_interval:g}) + db_timeout ({db:g}) + stop_timeout + "
+            f"systemctl_timeout ({stop:g}) + max(watchdog_sec / 2, db_timeout) ({max(w / 2, db):g}) must be "
+            f"less than ttl "
+            f"({cfg.ttl:g}), or a healthy leader whose renewals are slow would lose its watchdog"
+        )
+    if w <= cfg.longest_step:
+        p.append(
+            f"watchdog_sec ({w:g}) must exceed the longest step between two watchdog pings "
+            f"({cfg.longest_step:g} s: a database call, a fence, or the units and health checks), or systemd "
+            "kills a healthy controller"
+        )
+    return p
+
+
 def validate(cfg: FailoverConfig) -> list[str]:
     """Every inconsistency in ``cfg``, as readable sentences (empty when valid)."""
     p: list[str] = []
@@ -309,6 +363,7 @@ def validate(cfg: FailoverConfig) -> list[str]:
             "renew_interval",
             "safety_margin",
             "stop_timeout",
+            "systemctl_timeout",
             "statement_timeout",
             "db_timeout",
         )
@@ -328,11 +383,16 @@ def validate(cfg: FailoverConfig) -> list[str]:
             f"ttl ({cfg.ttl:g}) must be greater than 2 * db_timeout ({cfg.db_timeout:g}) + safety_margin "
             f"({cfg.safety_margin:g}), so that one hung database call cannot use up the whole lease"
         )
-    if cfg.stop_timeout >= cfg.safety_margin:
+    if cfg.unit_stop_bound >= cfg.safety_margin:
         p.append(
-            f"stop_timeout ({cfg.stop_timeout:g}) must be less than safety_margin ({cfg.safety_margin:g}): "
-            "a fenced leader must have stopped its units before its lease expires"
+            f"stop_timeout ({cfg.stop_timeout:g}) + systemctl_timeout ({cfg.systemctl_timeout:g}) = "
+            f"{cfg.unit_stop_bound:g} must be less than safety_margin ({cfg.safety_margin:g}): "
+            "a fenced leader must have stopped (or SIGKILLed) its units before its lease expires"
         )
+    if cfg.watchdog_sec < 0:
+        p.append(f"watchdog_sec must be >= 0 (got {cfg.watchdog_sec:g}; 0 means no systemd watchdog)")
+    elif cfg.watchdog_sec > 0:
+        p.extend(_watchdog_problems(cfg))
     if cfg.statement_timeout >= cfg.renew_interval:
         p.append(
             f"statement_timeout ({cfg.statement_timeout:g}) must be less than renew_interval "

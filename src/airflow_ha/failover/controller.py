@@ -26,14 +26,23 @@ starts, which is after it was sent, so ``N >= S`` in real time. The row gets
    Its controller starts the units only after that statement has returned.
 
 So the old leader's units are stopped strictly before a new holder can exist, with at least
-``safety_margin - stop_timeout`` to spare, whatever the network does. Only two clocks are used: the
+``safety_margin - stop_timeout - systemctl_timeout`` to spare, whatever the network does (a stop that
+outlasts ``stop_timeout`` is followed by ``systemctl kill --signal=SIGKILL``, bounded by
+``systemctl_timeout``). Only two clocks are used: the
 database's (all lease arithmetic) and each host's monotonic clock (its own deadline); wall-clock
 jumps on any host do not matter. The argument assumes that the two clocks run at the same rate to
 within a tiny fraction of ``safety_margin`` over ``ttl`` (NTP-disciplined clocks differ by ppm), and
-that the controller process is not frozen (SIGSTOP, VM pause) for longer than that margin - a
-frozen process cannot stop anything. Two guards cover a dead or hung controller: the systemd unit
-should use ``WatchdogSec=`` (this loop pings the watchdog) and the guarded units should be bound to
-the controller unit (``BindsTo=``/``After=``), so systemd stops them when the controller dies.
+that the controller process is not frozen (SIGSTOP, VM pause, a hung call) - a frozen process
+cannot stop anything. systemd covers that case: the unit has ``WatchdogSec=W`` with
+``WatchdogSignal=SIGKILL``, the guarded units are bound to it (``BindsTo=``, ``TimeoutStopSec=``
+``stop_timeout``), and a leader pings the watchdog only while ``now + W + stop_bound < D +
+safety_margin`` (``stop_bound = stop_timeout + systemctl_timeout``; ``D + safety_margin <= E``).
+Whenever it hangs, its last ping P satisfies ``P + W + stop_bound < E``: systemd kills it by
+``P + W`` and its units are down by ``P + W + stop_bound``, before any other host can hold the
+lease. A healthy leader keeps its right to ping when ``W + stop_bound + db_timeout < ttl`` (right
+after a renew) and ``renew_interval + db_timeout + stop_bound + max(W/2, db_timeout) < ttl`` (until
+the next one returns); config.validate() refuses settings that break either, or a W shorter than
+the longest step between two pings.
 
 A leader whose renew fails *before* ``D`` keeps running and retries on the next loop; a renew that
 succeeds late (after ``D``) still fences, and the next prompt renew makes it leader again.
@@ -156,6 +165,7 @@ class Controller:
         caller: Caller | None = None,
         notify: Callable[[str], object] = sd_notify,
         watchdog: float | None = None,
+        unit_stop_bound: float = 0.0,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -165,7 +175,9 @@ class Controller:
         self.clock = clock
         self.caller: Caller = caller or ThreadCaller()
         self.notify = notify
-        self.watchdog = watchdog
+        self.watchdog = watchdog  # ping interval: half of the unit's WatchdogSec, or None
+        self.unit_stop_bound = unit_stop_bound
+        self._ping_withheld = False
         self.state = ControllerState()
         self.healthy_standbys = 0
         self._stop = threading.Event()
@@ -188,7 +200,9 @@ class Controller:
         if cfg.dry_run:
             services = DryRunServiceManager()
         else:
-            services = SystemctlServiceManager(cfg.systemctl, stop_timeout=cfg.stop_timeout)
+            services = SystemctlServiceManager(
+                cfg.systemctl, stop_timeout=cfg.stop_timeout, call_timeout=cfg.systemctl_timeout
+            )
         h = cfg.health
         health = HttpHealthChecker(
             h.urls,
@@ -197,13 +211,22 @@ class Controller:
             standby_check_timeout=h.standby_check_timeout,
             standby_check_interval=h.standby_check_interval,
         )
+        watchdog = watchdog_interval()
+        if watchdog is not None and abs(2 * watchdog - cfg.watchdog_sec) > 0.01:
+            log.warning(
+                "the unit's WatchdogSec is %.1fs but watchdog_sec in the configuration is %.1fs: the timing "
+                "checks were made for the configured value; set both to the same",
+                2 * watchdog,
+                cfg.watchdog_sec,
+            )
         return cls(
             policy_from_config(cfg),
             store,
             services,
             health,
             db_timeout=cfg.db_timeout,
-            watchdog=watchdog_interval(),
+            watchdog=watchdog,
+            unit_stop_bound=cfg.unit_stop_bound,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -251,8 +274,25 @@ class Controller:
         wait_pinging(self._stop, self.clock, delay, self.watchdog, self._ping)
 
     def _ping(self) -> None:
-        if self.watchdog is not None:
-            self.notify("WATCHDOG=1")
+        """Ping the systemd watchdog - as a leader only while a hang from now on would still be
+        caught in time: systemd kills us by now + WatchdogSec, the units are down stop_bound later,
+        and that must be before the lease can expire (deadline + safety_margin)."""
+        if self.watchdog is None:
+            return
+        st = self.state
+        if st.is_leader and st.deadline is not None:
+            expiry = st.deadline + self.policy.safety_margin
+            if self.clock() + 2 * self.watchdog + self.unit_stop_bound >= expiry:
+                if not self._ping_withheld:
+                    log.warning(
+                        "not pinging the systemd watchdog: the lease expires in %.1fs, too soon for "
+                        "systemd to stop this host's units if the controller hung now",
+                        expiry - self.clock(),
+                    )
+                self._ping_withheld = True
+                return
+        self._ping_withheld = False
+        self.notify("WATCHDOG=1")
 
     # -- one loop ------------------------------------------------------------------------------
 
@@ -260,9 +300,11 @@ class Controller:
         """One loop; returns how long to sleep before the next one."""
         p = self.policy
         self._apply(decisions.check_deadline(self.state, self.clock(), p))
+        self._ping()
         ready = None
         if not self.state.is_leader:
             ready = self.health.check_standby()
+            self._ping()
         may_take = decisions.may_take_over(self.state, ready, self.clock())
 
         sent_at = self.clock()
