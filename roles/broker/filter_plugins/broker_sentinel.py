@@ -19,6 +19,7 @@ _MASTER_DEFAULTS = {
     "parallel_syncs": "1",
     "auth_pass": "",
     "quorum": "",
+    "client_reconfig_script": "",
 }
 _GLOBAL_DEFAULTS = {
     "port": "26379",
@@ -148,6 +149,8 @@ def broker_sentinel_state(content: str, master_name: str, marker: str) -> dict[s
                     settings["failover_timeout_ms"] = values[0]
                 elif option == "parallel-syncs" and len(values) == 1:
                     settings["parallel_syncs"] = values[0]
+                elif option == "client-reconfig-script" and len(values) == 1:
+                    settings["client_reconfig_script"] = values[0]
                 elif option in _RUNTIME_MASTER_OPTIONS:
                     runtime.append(line)
     return {"marker": has_marker, "settings": settings, "master": master, "runtime": runtime}
