@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -133,3 +135,23 @@ def test_badly_typed_variable_is_refused_by_the_argument_specs(tmp_path, contain
     proc = run_playbook(inventory, "site.yml", "-e", "worker_concurrency=lots")
     assert "argument 'worker_concurrency' is of type str" in proc.stdout, proc.stdout
     assert_nothing_changed(proc, inventory)
+
+
+def test_host_with_a_skewed_clock_is_refused(tmp_path, monkeypatch):
+    # One host reached with the local connection, whose `date` (the only command the clock check
+    # runs there) reports the time 30 s ahead. preflight.yml alone: nothing after it could run.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    fake_date = fake_bin / "date"
+    fake_date.write_text('#!/bin/sh\nexec /bin/date -d "@$(( $(/bin/date +%s) + 30 ))" "$@"\n')
+    fake_date.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+    hosts = {"skewed": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}}
+    inventory = write_inventory(tmp_path / "inv", hosts, {g: ["skewed"] for g in GROUPS})
+    proc = run_playbook(inventory, "playbooks/preflight.yml")
+    match = re.search(r"The clock of skewed is off by \+(\d+\.\d+) s \(between", proc.stdout)
+    assert match, proc.stdout
+    assert 29.0 < float(match.group(1)) < 31.0
+    assert "airflow_max_clock_skew_seconds = 1.0 s" in proc.stdout
+    assert_nothing_changed(proc, inventory)
+    assert not (inventory / ".secrets").exists(), "secrets were generated before the clocks were checked"
