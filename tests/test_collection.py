@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import importlib.util
 import json
 import os
 import pwd
@@ -246,6 +247,30 @@ def test_packages_hands_only_the_missing_ones_to_apt():
     assert result["missing"] == ["airflow-ha-no-such-package"]
     assert result.get("failed") is True, result
     assert "No package matching 'airflow-ha-no-such-package'" in result["msg"], "the failure is not apt's"
+    if any(Path("/var/lib/apt/lists").glob("*_Packages*")):
+        # Lists young enough for cache_valid_time (apt does not refresh in check mode): one retry.
+        assert any("retried" in warning for warning in result.get("warnings", [])), result
+
+
+def test_packages_knows_when_apt_failed_on_out_of_date_lists():
+    path = REPO / "collections/ansible_collections/airflow_ha/cluster/plugins/action/packages.py"
+    spec = importlib.util.spec_from_file_location("packages_action", path)
+    assert spec
+    assert spec.loader
+    action = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(action)
+    # What apt-get says when the lists name a version the mirror dropped (ansible.builtin.apt's msg).
+    gone = (
+        "'/usr/bin/apt-get -y install redis-server' failed: E: Failed to fetch "
+        "http://deb.debian.org/debian/pool/main/r/redis/redis-server_7.0.15-1~deb12u1_amd64.deb"
+        "  404  Not Found [IP: 151.101.2.132 80]\n"
+        "E: Unable to fetch some archives, maybe run apt-get update or try with --fix-missing?"
+    )
+    assert action.stale_lists({"failed": True, "msg": gone})
+    assert action.stale_lists({"failed": True, "msg": "No package matching 'chrony' is available"})
+    dpkg_failed = "E: Sub-process /usr/bin/dpkg returned an error code (1)"
+    assert not action.stale_lists({"failed": True, "msg": dpkg_failed})
+    assert not action.stale_lists({"changed": True, "stdout": "Failed to fetch (a warning) but installed"})
 
 
 def test_packages_refuses_bad_arguments():

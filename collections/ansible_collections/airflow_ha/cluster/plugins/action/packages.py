@@ -4,8 +4,20 @@
 
 from __future__ import annotations
 
+import re
+
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
+
+# What apt says when its package lists name a version the mirror no longer has (or a package they do
+# not know yet): the lists are out of date, and refreshing them is the cure.
+_STALE_LISTS = re.compile(r"Failed to fetch|Unable to fetch|404\s+Not Found|No package matching")
+
+
+def stale_lists(apt_result: dict) -> bool:
+    """Whether a failed apt run failed because the package lists were out of date."""
+    text = " ".join(str(apt_result.get(key) or "") for key in ("msg", "stderr", "stdout"))
+    return bool(apt_result.get("failed")) and bool(_STALE_LISTS.search(text))
 
 
 class ActionModule(ActionBase):
@@ -33,14 +45,23 @@ class ActionModule(ActionBase):
             return {**result, "changed": False, "missing": []}
         # A host whose package lists were never downloaded (a fresh image) looks "recently updated"
         # to cache_valid_time, so apt refreshes them unconditionally there.
+        apt_args = {"name": missing, "state": "present", "update_cache": True}
+        fresh_enough = cache_valid_time if query["package_lists"] else 0
         apt = self._execute_module(
             module_name="ansible.builtin.apt",
-            module_args={
-                "name": missing,
-                "state": "present",
-                "update_cache": True,
-                "cache_valid_time": cache_valid_time if query["package_lists"] else 0,
-            },
+            module_args={**apt_args, "cache_valid_time": fresh_enough},
             task_vars=task_vars,
         )
+        # Lists young enough for cache_valid_time (say, an image's, dated for its apt cache) can still
+        # name versions the mirror has dropped: refresh them and try once more. (A failed run does
+        # not say whether it refreshed them; at worst this is a second refresh before the same error.)
+        if fresh_enough and stale_lists(apt):
+            first = str(apt.get("msg", "")).strip()[:300]
+            apt = self._execute_module(
+                module_name="ansible.builtin.apt",
+                module_args={**apt_args, "cache_valid_time": 0},
+                task_vars=task_vars,
+            )
+            warning = f"apt failed with the package lists as they were ({first}); refreshed them and retried"
+            apt["warnings"] = [*apt.get("warnings", []), warning]
         return {**result, **apt, "missing": missing}

@@ -15,6 +15,11 @@ description:
     one light query instead of apt loading its cache.
   - A host whose package lists were never downloaded (a fresh image) looks "recently updated" to
     O(ansible.builtin.apt#module:cache_valid_time), so apt refreshes them unconditionally there.
+  - When apt fails to fetch a package with lists young enough for O(cache_valid_time) (C(404 Not
+    Found), C(Unable to fetch), or no such package in them), the lists are out of date, so it
+    refreshes them and runs apt once more, with a warning. Hosts can thus install from lists that
+    came with a matching apt cache (the project's base image) without C(apt-get update), and still
+    recover when the mirror has moved on.
 options:
   cache_valid_time:
     description: Refresh the package lists before installing when they are older than this (seconds).
