@@ -43,19 +43,19 @@ lint: venv ## ansible-lint (production profile), yamllint, ruff, mypy
 	mypy
 
 unit: venv ## Fast tests: no containers
-	pytest -m "not molecule and not e2e and not containers" $(PYTEST_ARGS)
+	pytest -m "not molecule and not molecule_extra and not e2e and not containers" $(PYTEST_ARGS)
 
 molecule: setup ## Molecule scenarios (all, or SCENARIO=name)
-	pytest -m molecule $(if $(SCENARIO),-k "$(SCENARIO)") $(PYTEST_ARGS)
+	pytest -m "molecule or molecule_extra" $(if $(SCENARIO),-k "$(SCENARIO)") $(PYTEST_ARGS)
 
 e2e: setup ## The lab cluster end to end (creates and removes its containers)
 	pytest -m e2e $(PYTEST_ARGS)
 
 test: setup lint ## Everything: lint, unit and integration tests, Molecule scenarios, end to end
-	pytest --durations=25 $(PYTEST_ARGS)
+	pytest -m "not molecule_extra" --durations=25 $(PYTEST_ARGS)
 
-molecule-failover: setup ## The two scheduler_failover scenarios (also part of `make test`)
-	pytest -m molecule -k scheduler_failover $(PYTEST_ARGS)
+molecule-failover: setup ## The two scheduler_failover scenarios (active_standby is also in `make test`)
+	pytest -m "molecule or molecule_extra" -k scheduler_failover $(PYTEST_ARGS)
 
 lab: setup ## Deploy the full cluster into local containers and print where to reach it
 	airflow-ha-lab up --inventory $(LAB_INVENTORY)
