@@ -1575,3 +1575,20 @@ def test_a_sampler_whose_exec_ends_starts_it_again():
     sampler.stop()
     assert len(spawned) >= 3
     assert not any(s.accepts for s in sampler.samples())
+
+
+def test_without_speed_only_the_invariants_and_recovery_itself_fail():
+    """The end-to-end test's verdict: slow recovery is a benchmark figure, a lost run or no recovery
+    at all is a failure."""
+    targets = Targets()
+    slow = [result("db-primary-freeze", 25, 200, db_writes_s=24.0)]
+    assert len(failures(slow, targets)) == 3
+    assert failures(slow, targets, speed=False) == []
+    broken = [
+        result("db-primary-freeze", None, None, db_writes_s=24.0, lost={rid("db-primary-freeze", 1): "failed"})
+    ]
+    assert failures(broken, targets, speed=False) == [
+        "db-primary-freeze: scheduling never resumed (target 15 s)",
+        "db-primary-freeze: the cluster did not become healthy again",
+        "db-primary-freeze: 1 runs lost (target 0): " + rid("db-primary-freeze", 1) + " (failed)",
+    ]

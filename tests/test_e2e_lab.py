@@ -186,7 +186,10 @@ def test_chaos_pass_under_load_keeps_every_invariant(lab):
     steady DAG load; every acknowledged run succeeds, no work runs twice, every acknowledged commit
     is read back, never two primaries (database or broker), every host back in its role."""
     outcome = run_chaos(lab, CI_FAULTS, ci_settings())
-    assert not outcome.failures, outcome.table() + "\n" + "\n".join(outcome.failures)
+    # How fast each tier recovered is `make chaos`'s figure (docs/benchmarks.md); the test asserts
+    # that it recovered and that nothing was lost, doubled or written by two primaries.
+    print(outcome.table())
+    assert not outcome.invariant_failures, outcome.table() + "\n" + "\n".join(outcome.invariant_failures)
 
 
 RUNBOOK_BLOCK = re.compile(r"^```sh on=(\w+)\n(.*?)^```", re.M | re.S)

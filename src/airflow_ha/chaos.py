@@ -633,6 +633,7 @@ class ChaosOutcome:
     results: list[FaultResult]
     failures: list[str]  # empty when every target was met and every invariant held
     notes: list[str]
+    invariant_failures: list[str] = field(default_factory=list)  # the invariants alone, no speed targets
 
     def table(self, targets: Targets | None = None) -> str:
         return render_table(self.results, targets or Targets())
@@ -675,7 +676,12 @@ def run_chaos(
     chosen, _ = applicable(select_faults(list(faults)), lab, explicit=True)
     ops, api, load_api = connect_lab(lab, inventory, host_down)
     results = Runner(ops, api, load_api, settings).run(chosen)
-    return ChaosOutcome(results, failures(results, settings.targets), warnings(results))
+    return ChaosOutcome(
+        results,
+        failures(results, settings.targets),
+        warnings(results),
+        failures(results, settings.targets, speed=False),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
