@@ -1584,9 +1584,8 @@ def test_without_speed_only_the_invariants_and_recovery_itself_fail():
     slow = [result("db-primary-freeze", 25, 200, db_writes_s=24.0)]
     assert len(failures(slow, targets)) == 3
     assert failures(slow, targets, speed=False) == []
-    broken = [
-        result("db-primary-freeze", None, None, db_writes_s=24.0, lost={rid("db-primary-freeze", 1): "failed"})
-    ]
+    lost = {rid("db-primary-freeze", 1): "failed"}
+    broken = [result("db-primary-freeze", None, None, db_writes_s=24.0, lost=lost)]
     assert failures(broken, targets, speed=False) == [
         "db-primary-freeze: scheduling never resumed (target 15 s)",
         "db-primary-freeze: the cluster did not become healthy again",
