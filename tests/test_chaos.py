@@ -426,6 +426,7 @@ def test_every_fault_of_the_brief_is_in_the_catalogue():
         "db-primary-crash",
         "db-primary-freeze",
         "db-primary-partition",
+        "db-sync-standby-freeze",
         "db-patroni-freeze",
         "etcd-leader-freeze",
         "etcd-leader-partition",
@@ -562,6 +563,9 @@ class FakeOps:
 
     def db_primary(self, avoid=()):
         return "lab-infra2"
+
+    def db_sync_standby(self, avoid=()):
+        return "lab-infra3"
 
     def broker_master(self, avoid=()):
         if self.broker in avoid:

@@ -2,8 +2,8 @@
 targets, how it picks its host at run time, how it breaks it and how it undoes that.
 
 Faults are named `<target>-<kind>`. Kinds: `crash` (the host goes down, `docker kill`), `freeze` (the
-whole host hangs, `docker pause`), `partition` (the host is cut off the network but keeps running,
-`docker network disconnect`, then connected again at its own address), and a single service frozen
+whole host hangs, `docker pause`), `partition` (the host is cut off the network but keeps running:
+its veth's end on the Docker host goes down, then up again), and a single service frozen
 with SIGSTOP (`<service>-freeze`). Combined faults (`a+b`) hit two hosts of different tiers at once.
 
 The work goes through an `Ops` object (docker and cluster queries, see `airflow_ha.chaos_lab`), so the
@@ -42,6 +42,7 @@ class Ops(Protocol):
     def busy_worker(self, avoid: Collection[str] = ()) -> str: ...
     def vip_holder(self, avoid: Collection[str] = ()) -> str: ...
     def db_primary(self, avoid: Collection[str] = ()) -> str: ...
+    def db_sync_standby(self, avoid: Collection[str] = ()) -> str: ...
     def broker_master(self, avoid: Collection[str] = ()) -> str: ...
     def etcd_leader(self, avoid: Collection[str] = ()) -> str: ...
 
@@ -215,8 +216,8 @@ KINDS: dict[str, tuple[str, Action, Action]] = {
     ),
     "freeze": ("is frozen whole (`docker pause`), then unpaused", _pause, _unpause),
     "partition": (
-        "is cut off the network while it keeps running (`docker network disconnect`), then connected "
-        "again at its address",
+        "is cut off the network while it keeps running (its veth down on the Docker host), then "
+        "connected again",
         _disconnect,
         _connect,
     ),
@@ -248,6 +249,11 @@ TARGETS: dict[str, tuple[tuple[str, ...], Picker, str]] = {
         ("airflow_metadata_db",),
         lambda ops, avoid: ops.db_primary(avoid),
         "the PostgreSQL primary (Patroni's leader)",
+    ),
+    "db-sync-standby": (
+        ("airflow_metadata_db",),
+        lambda ops, avoid: ops.db_sync_standby(avoid),
+        "the PostgreSQL synchronous standby (every commit waits for it)",
     ),
     "etcd-leader": (
         ("airflow_etcd",),
@@ -334,6 +340,7 @@ FAULTS: tuple[AnyFault, ...] = (
     host_fault("db-primary", "crash"),
     host_fault("db-primary", "freeze"),
     host_fault("db-primary", "partition"),
+    host_fault("db-sync-standby", "freeze"),
     service_freeze(
         "db-patroni-freeze",
         "db-primary",

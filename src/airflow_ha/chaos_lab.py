@@ -668,6 +668,22 @@ class LabOps:
             raise ChaosError(f"the PostgreSQL primary {primary} is already a target of this fault")
         return primary
 
+    def db_sync_standby(self, avoid: Collection[str] = (), wait: float = 60.0) -> str:
+        """The member Patroni's /cluster names `sync_standby` (the one every commit waits for)."""
+        deadline = time.monotonic() + wait
+        while True:
+            cluster = self.patroni_cluster() or {}
+            found = [m["name"] for m in cluster.get("members", []) if m.get("role") == "sync_standby"]
+            chosen = [
+                h for h in found if h in self.lab.groups.get("airflow_metadata_db", []) and h not in avoid
+            ]
+            if chosen:
+                self.log(f"Patroni: {chosen[0]} is the synchronous standby")
+                return chosen[0]
+            if time.monotonic() > deadline:
+                raise ChaosError(f"no synchronous standby to target (Patroni names {found or 'none'})")
+            time.sleep(2)
+
     def patroni_primary(self) -> str | None:
         """The member whose Patroni answers 200 on /primary now, quietly; None if none does."""
         for host in self.lab.groups.get("airflow_metadata_db", []):
