@@ -1595,3 +1595,13 @@ def test_without_speed_only_the_invariants_and_recovery_itself_fail():
         "db-primary-freeze: the cluster did not become healthy again",
         "db-primary-freeze: 1 runs lost (target 0): " + rid("db-primary-freeze", 1) + " (failed)",
     ]
+
+
+def test_a_libpq_error_message_is_text_whether_psycopg_gives_str_or_bytes():
+    from airflow_ha.chaos_probes import error_text
+
+    assert error_text("ERROR:  cannot execute INSERT in a read-only transaction\n") == (
+        "ERROR:  cannot execute INSERT in a read-only transaction"
+    )
+    assert error_text(b"ERROR:  boom\n") == "ERROR:  boom"
+    assert error_text(None) == ""

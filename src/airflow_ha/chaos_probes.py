@@ -55,6 +55,15 @@ def _first_line(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------------
 # The commit probe
 # ---------------------------------------------------------------------------------------------------
+
+
+def error_text(message: str | bytes | None) -> str:
+    """A libpq error message as text: psycopg 3.3's PGresult gives str, older ones bytes."""
+    if isinstance(message, bytes):
+        message = message.decode(errors="replace")
+    return (message or "").strip()
+
+
 class Committer(Protocol):
     """Writes one probe row: None once the database acknowledged the commit, else why not."""
 
@@ -130,9 +139,7 @@ class PgCommitter:
             if result.status == pq.ExecStatus.COMMAND_OK:
                 ok = True
             else:
-                error = (result.get_error_message() or b"").decode(errors="replace").strip() or str(
-                    result.status
-                )
+                error = error_text(result.get_error_message()) or str(result.status)
         if error or not ok:
             return error or "no result"
         return None
