@@ -70,7 +70,7 @@ from airflow_ha.chaos_lab import (
     load_secrets,
 )
 from airflow_ha.chaos_lab import task_starts as parse_task_starts
-from airflow_ha.chaos_probes import Watch, ensure_commit_table, lab_watch
+from airflow_ha.chaos_probes import Watch, ensure_commit_table, lab_watch, utcnow
 from airflow_ha.chaos_report import (
     BASELINE,
     BEGIN,
@@ -96,10 +96,6 @@ from airflow_ha.lab import Lab
 
 PROBE_CONF: dict[str, Any] = {"parts": 1, "sleep_min": 0, "sleep_max": 0.5, "probe": True}
 FINISHED = ("success", "failed")
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def log(message: str) -> None:
