@@ -418,6 +418,7 @@ def _debug_json(stdout: str) -> Any:
         ("module", "packages"),
         ("lookup", "tree_checksums"),
         ("lookup", "role_argument_specs"),
+        ("lookup", "fernet_key"),
     ],
 )
 def test_every_plugin_is_documented(kind, name):
