@@ -5,7 +5,9 @@ airflow_common runs it on every deploy to decide whether `airflow db migrate` an
 
 Importing Airflow to ask it whether migrations are due takes seconds, so the answer is kept: after
 Airflow confirmed the schema current for the install INSTALL_KEY, the schema's revisions (the
-alembic version tables of Airflow and of the FAB provider) are saved next to this script. A later
+alembic version tables of Airflow and of the FAB provider) are printed as "record", and the role
+saves them next to this script as root (the airflow user running this may read, not write, them:
+task code must not be able to make a deploy skip a migration). A later
 run that finds the same revisions in the database for the same install answers from SQL alone; any
 other revision (a new install, a fresh or restored database) asks Airflow again. With --migrated
 (run right after `airflow db migrate` succeeded) the revisions are recorded as current.
@@ -58,14 +60,6 @@ def airflow_says_current() -> tuple[bool, str]:
     return True, ""
 
 
-def write_record(path: str, record: dict) -> None:
-    try:
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(record, handle)
-    except OSError:
-        pass  # no record: the next run asks Airflow again
-
-
 def main() -> None:
     username, install_key = sys.argv[1], sys.argv[2]
     record_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "airflow-ha-db-state.json")
@@ -80,7 +74,7 @@ def main() -> None:
     if "--migrated" in sys.argv[3:]:
         state["migrations_current"] = True
         state["answered_by"] = "airflow db migrate"
-        write_record(record_path, current)
+        state["record"] = current
     elif record == current:
         state["migrations_current"] = True
     else:
@@ -89,7 +83,7 @@ def main() -> None:
         if detail:
             state["detail"] = detail
         if state["migrations_current"]:
-            write_record(record_path, current)
+            state["record"] = current
     print(json.dumps(state))
 
 

@@ -11,4 +11,15 @@ Modules:
 - :mod:`.systemd`: the ServiceManager protocol, ``systemctl`` and dry-run implementations, sd_notify.
 - :mod:`.health`: the HealthChecker protocol and the HTTP/command implementation.
 - :mod:`.cli`: the ``airflow-ha-failover`` command (run, status, step-down, pause, resume, ...).
+
+This package is its own distribution, ``airflow-ha-failover`` (``pyproject.toml`` here): it imports
+nothing from the rest of ``airflow_ha``, which is not installed on the scheduler hosts.
 """
+
+from importlib import metadata as _metadata
+
+try:
+    # The installed build, e.g. 0.1.0+3f2a...: the role appends the hash of this package's source.
+    __version__ = _metadata.version("airflow-ha-failover")
+except _metadata.PackageNotFoundError:  # the source tree (tests, the development virtualenv)
+    __version__ = "0.1.0"

@@ -67,8 +67,7 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Protocol, TypeVar
 
-from .. import __version__
-from . import decisions
+from . import __version__, decisions
 from .config import FailoverConfig
 from .decisions import (
     Action,

@@ -63,7 +63,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from .. import __version__
+from . import __version__
 from .config import ConfigError, _convert_section, normalise_unit
 from .health import HealthReport, HttpHealthChecker
 from .systemd import (
