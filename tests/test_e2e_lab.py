@@ -7,15 +7,20 @@ says to deploy onto it and leave it running.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import re
+import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 import yaml
 
+from airflow_ha import docker_hosts
 from airflow_ha import lab as labmod
 from airflow_ha.api import AirflowApi
 from airflow_ha.chaos import CI_FAULTS, ci_settings, run_chaos
@@ -225,3 +230,73 @@ def test_second_site_run_changes_nothing(lab):
     assert recap, "no play recap in the output"
     changed = {host: int(n) for host, n in recap if int(n)}
     assert not changed, f"second run changed something: {changed}"
+
+
+# Every service port the lab's roles open somewhere (docs/security.md, "Host firewall"), tried on
+# every host and the VIP besides the ports each host's own rules name.
+SERVICE_PORTS = {22, 2379, 2380, 5432, 5433, 6379, 8008, 8080, 8404, 8793, 8794, 8974, 26379}
+
+# Run inside the outsider container: TCP connects to every (address, port) of argv[1], all at
+# once, 3 s each (a dropped SYN times out, a closed port is refused); prints those that answered.
+OUTSIDER_PROBE = """
+import json, socket, sys
+from concurrent.futures import ThreadPoolExecutor
+targets = [tuple(t) for t in json.loads(sys.argv[1])]
+def answers(target):
+    try:
+        with socket.create_connection(target, timeout=3):
+            return True
+    except OSError:
+        return False
+with ThreadPoolExecutor(64) as pool:
+    print(json.dumps([t for t, ok in zip(targets, pool.map(answers, targets)) if ok]))
+"""
+
+
+def _answers(target: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(target, timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def test_the_firewall_lets_a_host_outside_the_cluster_reach_only_ssh_and_the_api_at_the_vip(lab):
+    """The host firewall (role firewall) seen from a container on the lab network that is no cluster
+    host and not in firewall_admin_networks: SSH (the lab lets its network in) on every host and the
+    VIP, and the API at the VIP, answer; no other service port of any host or of the VIP does. From
+    the Docker host (firewall_admin_networks) every port a host's rules open answers, so the services
+    listen there and only the firewall keeps the outsider out."""
+    vip = lab.vip.split("/")[0]
+    assert vip, "the lab has no VIP (loadbalancer_vip)"
+    listed = {host.name: _sh(host.name, "nft list table inet airflow_ha") for host in lab.hosts}
+    opened = {n: {int(p) for p in re.findall(r"\btcp dport (\d+) ", t)} for n, t in listed.items()}
+    assert all(22 in ports for ports in opened.values()), opened
+    every_port = SERVICE_PORTS | set().union(*opened.values())
+    targets = sorted(
+        {(host.address, port) for host in lab.hosts for port in SERVICE_PORTS | opened[host.name]}
+        | {(vip, port) for port in every_port}
+    )
+    taken = {host.address for host in lab.hosts} | {vip}
+    network = ipaddress.ip_network(lab.subnet)
+    address = next(str(a) for a in reversed(list(network.hosts())) if str(a) not in taken)
+    name = f"{lab.network}-outsider"
+    docker_hosts.docker("rm", "-f", name, check=False)
+    run = ["run", "-d", "--name", name, "--network", lab.network, "--ip", address, "--label", lab.label]
+    docker_hosts.docker(*run, lab.image, "sleep", "600")
+    try:
+        out = docker_hosts.docker(
+            "exec", name, "python3", "-c", OUTSIDER_PROBE, json.dumps(targets), timeout=120
+        ).stdout
+    finally:
+        docker_hosts.docker("rm", "-f", name, check=False)
+    answered = {(a, int(p)) for a, p in json.loads(out)}
+    expected = {(host.address, 22) for host in lab.hosts} | {(vip, 22), (vip, 8080)}
+    assert answered == expected, (
+        f"from {address}: answered but should not {sorted(answered - expected)}; "
+        f"should answer but did not {sorted(expected - answered)}"
+    )
+    admin_targets = sorted({(lab.address(host), port) for host, ports in opened.items() for port in ports})
+    with ThreadPoolExecutor(64) as pool:
+        silent = [t for t, ok in zip(admin_targets, pool.map(_answers, admin_targets), strict=True) if not ok]
+    assert not silent, f"ports the rules open that do not answer the Docker host: {silent}"
