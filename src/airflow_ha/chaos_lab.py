@@ -306,10 +306,36 @@ def read_reply(stream: ByteReader) -> Any:
     raise ChaosError(f"unexpected Sentinel reply {line[:40]!r}")
 
 
-def http_status(url: str, timeout: float = 3.0) -> int | None:
+@dataclass(frozen=True)
+class ControlTls:
+    """How the lab tooling reaches etcd's and Patroni's APIs. With the inventory's cluster CA
+    (playbooks/certificates.yml): HTTPS verified against it, presenting the operator's client
+    certificate (etcd accepts no client without one). Without it: plain HTTP."""
+
+    ca: str | None = None
+    cert: tuple[str, str] | None = None
+
+    @classmethod
+    def for_inventory(cls, inventory: Path) -> ControlTls:
+        pki = inventory / ".secrets" / "pki"
+        if not (pki / "ca.crt").is_file():
+            return cls()
+        client = (str(pki / "clients" / "admin.crt"), str(pki / "clients" / "admin.key"))
+        return cls(str(pki / "ca.crt"), client if Path(client[0]).is_file() else None)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ca else "http"
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for requests."""
+        return {"verify": self.ca, "cert": self.cert} if self.ca else {}
+
+
+def http_status(url: str, timeout: float = 3.0, tls: ControlTls | None = None) -> int | None:
     """The HTTP status of GET `url`, or None when nothing answers in time."""
     try:
-        return requests.get(url, timeout=timeout).status_code
+        return requests.get(url, timeout=timeout, **(tls or ControlTls()).options()).status_code
     except requests.RequestException:
         return None
 
@@ -377,10 +403,14 @@ def redis_replica_linked(address: str, password: str, port: int = 6379) -> bool:
     return "role:slave" in text and "master_link_status:up" in text
 
 
-def etcd_status(address: str, port: int = 2379, timeout: float = 2.0) -> dict[str, Any] | None:
+def etcd_status(
+    address: str, port: int = 2379, timeout: float = 2.0, tls: ControlTls | None = None
+) -> dict[str, Any] | None:
     """An etcd member's /v3/maintenance/status (its member id and the leader it follows), or None."""
+    tls = tls or ControlTls()
     try:
-        resp = requests.post(f"http://{address}:{port}/v3/maintenance/status", json={}, timeout=timeout)
+        url = f"{tls.scheme}://{address}:{port}/v3/maintenance/status"
+        resp = requests.post(url, json={}, timeout=timeout, **tls.options())
         return resp.json() if resp.status_code == 200 else None
     except (requests.RequestException, ValueError):
         return None
@@ -503,6 +533,16 @@ class LabOps:
     sentinel_master_name: str = "airflow-broker"
     etcd_port: int = 2379
     redis_port: int = 6379
+    # Set from the lab's inventory when not given.
+    tls: ControlTls | None = None
+
+    def __post_init__(self) -> None:
+        if self.tls is None:
+            self.tls = ControlTls.for_inventory(self.lab.inventory)
+
+    @property
+    def control_tls(self) -> ControlTls:
+        return self.tls or ControlTls()
 
     def log(self, message: str) -> None:
         print(f"[chaos] {message}", flush=True)
@@ -687,7 +727,8 @@ class LabOps:
     def patroni_primary(self) -> str | None:
         """The member whose Patroni answers 200 on /primary now, quietly; None if none does."""
         for host in self.lab.groups.get("airflow_metadata_db", []):
-            if http_status(f"http://{self.lab.address(host)}:{self.patroni_port}/primary", 2.0) == 200:
+            url = f"{self.control_tls.scheme}://{self.lab.address(host)}:{self.patroni_port}/primary"
+            if http_status(url, 2.0, self.control_tls) == 200:
                 return host
         return None
 
@@ -698,7 +739,11 @@ class LabOps:
         deadline = time.monotonic() + wait
         while True:
             codes = {
-                h: http_status(f"http://{self.lab.address(h)}:{self.patroni_port}/primary") for h in hosts
+                h: http_status(
+                    f"{self.control_tls.scheme}://{self.lab.address(h)}:{self.patroni_port}/primary",
+                    tls=self.control_tls,
+                )
+                for h in hosts
             }
             try:
                 primary = choose_primary(codes)
@@ -723,7 +768,9 @@ class LabOps:
         for host in hosts:
             try:
                 resp = requests.get(
-                    f"http://{self.lab.address(host)}:{self.patroni_port}/cluster", timeout=timeout
+                    f"{self.control_tls.scheme}://{self.lab.address(host)}:{self.patroni_port}/cluster",
+                    timeout=timeout,
+                    **self.control_tls.options(),
                 )
                 if resp.status_code == 200:
                     return resp.json()
@@ -799,7 +846,7 @@ class LabOps:
 
     def etcd_statuses(self) -> dict[str, dict[str, Any] | None]:
         return {
-            h: etcd_status(self.lab.address(h), self.etcd_port)
+            h: etcd_status(self.lab.address(h), self.etcd_port, tls=self.control_tls)
             for h in self.lab.groups.get("airflow_etcd", [])
         }
 
@@ -831,9 +878,11 @@ class LabOps:
     def _move_etcd_leader(
         self, leader: str, target: str, statuses: Mapping[str, Any], wait: float = 15
     ) -> bool:
-        url = f"http://{self.lab.address(leader)}:{self.etcd_port}/v3/maintenance/transfer-leadership"
+        tls = self.control_tls
+        url = f"{tls.scheme}://{self.lab.address(leader)}:{self.etcd_port}/v3/maintenance/transfer-leadership"
         try:
-            resp = requests.post(url, json={"targetID": member_id(statuses[target])}, timeout=10)
+            body = {"targetID": member_id(statuses[target])}
+            resp = requests.post(url, json=body, timeout=10, **tls.options())
         except requests.RequestException as exc:
             self.log(f"etcd: moving the leadership to {target} failed: {exc}")
             return False

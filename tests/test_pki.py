@@ -1,0 +1,111 @@
+"""The cluster's certificates (playbooks/certificates.yml): a CA created once per inventory, a
+certificate per host naming its addresses, the clientAuth usage only where etcd and Patroni accept
+clients, nothing reissued on a rerun, and a certificate about to expire reissued."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from helpers import REPO, ansible_env, tool
+
+# Local connections: the play only gathers facts on the hosts; everything else runs on the
+# controller. Each host says its address, as an inventory's host_vars would.
+INVENTORY = """
+all:
+  vars: {ansible_connection: local, ansible_python_interpreter: "{{ ansible_playbook_python }}"}
+  children:
+    airflow_etcd: {hosts: {db1: {ansible_host: 192.0.2.11, airflow_node_address: 192.0.2.11}}}
+    airflow_metadata_db: {hosts: {db1: {}}}
+    airflow_worker: {hosts: {wk1: {ansible_host: 192.0.2.31, airflow_node_address: 192.0.2.31}}}
+"""
+
+
+def issue(inventory_dir: Path, *extra: str) -> int:
+    proc = subprocess.run(
+        [
+            tool("ansible-playbook"),
+            "-i",
+            str(inventory_dir / "hosts.yml"),
+            str(REPO / "playbooks/certificates.yml"),
+            *extra,
+        ],
+        cwd=REPO,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return sum(int(n) for n in re.findall(r"changed=(\d+)", proc.stdout))
+
+
+def load(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def usages(cert: x509.Certificate) -> set:
+    return set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def test_ca_and_host_certificates(tmp_path):
+    (tmp_path / "hosts.yml").write_text(INVENTORY)
+    pki = tmp_path / ".secrets" / "pki"
+    assert issue(tmp_path) > 0
+
+    ca = load(pki / "ca.crt")
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert (pki / "ca.key").stat().st_mode & 0o077 == 0, "the CA key is readable by others"
+    # Encrypted with the secrets file's passphrase, so a vault protects it too.
+    with pytest.raises(TypeError, match="encrypted"):
+        serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+
+    for host, address, client in [("db1", "192.0.2.11", True), ("wk1", "192.0.2.31", False)]:
+        cert = load(pki / "hosts" / f"{host}.crt")
+        # Signed by the CA (raises if not).
+        ca_key = ca.public_key()
+        assert isinstance(ca_key, ec.EllipticCurvePublicKey)
+        digest = cert.signature_hash_algorithm
+        assert digest is not None
+        ca_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(digest))
+        assert cert.issuer == ca.subject
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert ipaddress.ip_address(address) in names.get_values_for_type(x509.IPAddress)
+        assert ipaddress.ip_address("127.0.0.1") in names.get_values_for_type(x509.IPAddress)
+        assert host in names.get_values_for_type(x509.DNSName)
+        assert ExtendedKeyUsageOID.SERVER_AUTH in usages(cert)
+        # Only database and etcd hosts may be clients of etcd and of Patroni's changing calls.
+        assert (ExtendedKeyUsageOID.CLIENT_AUTH in usages(cert)) is client, host
+
+    admin = load(pki / "clients" / "admin.crt")
+    assert usages(admin) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert admin.issuer == ca.subject
+
+    # A rerun keeps every file as it is.
+    before = {p: p.read_bytes() for p in pki.rglob("*") if p.is_file()}
+    assert issue(tmp_path) == 0
+    assert {p: p.read_bytes() for p in pki.rglob("*") if p.is_file()} == before
+
+
+def test_a_certificate_about_to_expire_is_reissued(tmp_path):
+    (tmp_path / "hosts.yml").write_text(INVENTORY)
+    pki = tmp_path / ".secrets" / "pki"
+    # Certificates valid for 10 days: inside the 30-day renewal window from the start.
+    issue(tmp_path, "-e", "airflow_common_pki_cert_days=10")
+    short = load(pki / "hosts" / "wk1.crt")
+    ca_before = (pki / "ca.crt").read_bytes()
+    assert issue(tmp_path) > 0
+    renewed = load(pki / "hosts" / "wk1.crt")
+    assert renewed.serial_number != short.serial_number
+    assert (renewed.not_valid_after_utc - short.not_valid_after_utc).days > 300
+    # The CA stays: every certificate already installed keeps verifying.
+    assert (pki / "ca.crt").read_bytes() == ca_before
+    assert issue(tmp_path) == 0
