@@ -155,3 +155,26 @@ def test_host_with_a_skewed_clock_is_refused(tmp_path, monkeypatch):
     assert "airflow_max_clock_skew_seconds = 1.0 s" in proc.stdout
     assert_nothing_changed(proc, inventory)
     assert not (inventory / ".secrets").exists(), "secrets were generated before the clocks were checked"
+
+
+def test_hosts_sharing_an_address_are_refused(tmp_path):
+    # Two hosts on the local connection that the inventory gives one address. preflight.yml alone.
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {
+        "db1": local | {"airflow_node_address": "192.0.2.7"},
+        "web1": local | {"airflow_node_address": "192.0.2.7"},
+    }
+    groups = {g: ["db1"] for g in GROUPS} | {"airflow_webserver": ["web1"]}
+    inventory = write_inventory(tmp_path / "inv", hosts, groups)
+    proc = run_playbook(inventory, "playbooks/preflight.yml")
+    assert "Hosts share an address: 192.0.2.7 is the address of db1 and web1" in proc.stdout, proc.stdout
+    assert_nothing_changed(proc, inventory)
+
+
+def test_a_vip_equal_to_a_host_address_is_refused(tmp_path):
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {"h1": local | {"airflow_node_address": "192.0.2.8", "loadbalancer_vip": "192.0.2.8/24"}}
+    inventory = write_inventory(tmp_path / "inv", hosts, {g: ["h1"] for g in GROUPS})
+    proc = run_playbook(inventory, "playbooks/preflight.yml")
+    assert "loadbalancer_vip 192.0.2.8 is the address of a host (h1)" in proc.stdout, proc.stdout
+    assert_nothing_changed(proc, inventory)
