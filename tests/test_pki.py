@@ -4,6 +4,7 @@ clients, nothing reissued on a rerun, and a certificate about to expire reissued
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import re
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -109,3 +110,153 @@ def test_a_certificate_about_to_expire_is_reissued(tmp_path):
     # The CA stays: every certificate already installed keeps verifying.
     assert (pki / "ca.crt").read_bytes() == ca_before
     assert issue(tmp_path) == 0
+
+
+# --- The operator's own CA (airflow_common_pki_generate: false) ------------------------------------
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, cn)])
+
+
+def _own_pki(directory: Path) -> dict[str, Path]:
+    """An operator's CA with certificates for db1 (right), an expired one, and one naming another
+    address, written as PEM files; returns their paths."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("Example Corp CA"))
+        .issuer_name(_name("Example Corp CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=100))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True)
+    files = {"ca": directory / "ca.pem"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    key = ec.generate_private_key(ec.SECP256R1())
+    files["key"] = directory / "db1.key"
+    files["key"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    variants = {
+        "good": ("192.0.2.11", now + dt.timedelta(days=90)),
+        "expired": ("192.0.2.11", now - dt.timedelta(hours=1)),
+        "misnamed": ("192.0.2.99", now + dt.timedelta(days=90)),
+    }
+    for variant, (address, not_after) in variants.items():
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("db1"))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(not_after)
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("db1"), x509.IPAddress(ipaddress.ip_address(address))]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        files[variant] = directory / f"db1-{variant}.pem"
+        files[variant].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+OWN_INVENTORY = """
+all:
+  vars: {ansible_connection: local, ansible_python_interpreter: "{{ ansible_playbook_python }}"}
+  children:
+    airflow_etcd: {hosts: {db1: {ansible_host: 192.0.2.11, airflow_node_address: 192.0.2.11}}}
+"""
+
+
+def run_certificates(inventory_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            tool("ansible-playbook"),
+            "-i",
+            str(inventory_dir / "hosts.yml"),
+            str(REPO / "playbooks/certificates.yml"),
+            "-e",
+            "airflow_common_pki_generate=false",
+            *extra,
+        ],
+        cwd=REPO,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("good", None),
+        ("expired", "The certificate of db1 ("),
+        ("misnamed", "does not name IP:192.0.2.11"),
+    ],
+)
+def test_the_operators_own_certificates_are_checked(tmp_path, variant, message):
+    (tmp_path / "hosts.yml").write_text(OWN_INVENTORY)
+    files = _own_pki(tmp_path / "own")
+    proc = run_certificates(
+        tmp_path,
+        "-e",
+        f"airflow_tls_ca_file={files['ca']}",
+        "-e",
+        f"airflow_tls_cert_file={files[variant]}",
+        "-e",
+        f"airflow_tls_key_file={files['key']}",
+    )
+    if message is None:
+        assert proc.returncode == 0, proc.stdout[-3000:]
+    else:
+        assert proc.returncode != 0
+        assert message in proc.stdout, proc.stdout[-3000:]
+        if variant == "expired":
+            assert "expired on" in proc.stdout
+    # Nothing was issued: the operator brings the files.
+    assert not (tmp_path / ".secrets" / "pki").exists()
+
+
+def test_a_certificate_of_another_ca_or_key_is_refused(tmp_path):
+    (tmp_path / "hosts.yml").write_text(OWN_INVENTORY)
+    ours = _own_pki(tmp_path / "ours")
+    theirs = _own_pki(tmp_path / "theirs")
+    # Signed by another CA.
+    proc = run_certificates(
+        tmp_path,
+        "-e",
+        f"airflow_tls_ca_file={ours['ca']}",
+        "-e",
+        f"airflow_tls_cert_file={theirs['good']}",
+        "-e",
+        f"airflow_tls_key_file={theirs['key']}",
+    )
+    assert proc.returncode != 0
+    assert "not by the CA in" in proc.stdout, proc.stdout[-3000:]
+    # Our CA's certificate with another key.
+    proc = run_certificates(
+        tmp_path,
+        "-e",
+        f"airflow_tls_ca_file={ours['ca']}",
+        "-e",
+        f"airflow_tls_cert_file={ours['good']}",
+        "-e",
+        f"airflow_tls_key_file={theirs['key']}",
+    )
+    assert proc.returncode != 0
+    assert "does not belong to the key" in proc.stdout, proc.stdout[-3000:]
