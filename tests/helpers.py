@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -37,3 +39,13 @@ def run_playbook(inventory: Path | str, playbook: str, *args: str, timeout: floa
         text=True,
         timeout=timeout,
     )
+
+
+def load_module(relative_path: str, name: str) -> ModuleType:
+    """A Python file of the repo (a plugin that is not importable as a package), loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / relative_path)
+    assert spec
+    assert spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

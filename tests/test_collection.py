@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grp
 import hashlib
-import importlib.util
 import json
 import os
 import pwd
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import REPO, ansible_env, tool
+from helpers import REPO, ansible_env, load_module, tool
 
 USER = pwd.getpwuid(os.geteuid()).pw_name
 GROUP = grp.getgrgid(os.getegid()).gr_name
@@ -253,12 +252,9 @@ def test_packages_hands_only_the_missing_ones_to_apt():
 
 
 def test_packages_knows_when_apt_failed_on_out_of_date_lists():
-    path = REPO / "collections/ansible_collections/airflow_ha/cluster/plugins/action/packages.py"
-    spec = importlib.util.spec_from_file_location("packages_action", path)
-    assert spec
-    assert spec.loader
-    action = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(action)
+    action = load_module(
+        "collections/ansible_collections/airflow_ha/cluster/plugins/action/packages.py", "packages"
+    )
     # What apt-get says when the lists name a version the mirror dropped (ansible.builtin.apt's msg).
     gone = (
         "'/usr/bin/apt-get -y install redis-server' failed: E: Failed to fetch "

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from helpers import REPO, ansible_env, tool
+from helpers import run_playbook
 
 # Local connections: the play only gathers facts on the hosts; everything else runs on the
 # controller. Each host says its address, as an inventory's host_vars would.
@@ -31,20 +31,7 @@ all:
 
 
 def issue(inventory_dir: Path, *extra: str) -> int:
-    proc = subprocess.run(
-        [
-            tool("ansible-playbook"),
-            "-i",
-            str(inventory_dir / "hosts.yml"),
-            str(REPO / "playbooks/certificates.yml"),
-            *extra,
-        ],
-        cwd=REPO,
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_playbook(inventory_dir / "hosts.yml", "playbooks/certificates.yml", *extra, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     return sum(int(n) for n in re.findall(r"changed=(\d+)", proc.stdout))
 
@@ -183,20 +170,12 @@ all:
 
 
 def run_certificates(inventory_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            tool("ansible-playbook"),
-            "-i",
-            str(inventory_dir / "hosts.yml"),
-            str(REPO / "playbooks/certificates.yml"),
-            "-e",
-            "airflow_common_pki_generate=false",
-            *extra,
-        ],
-        cwd=REPO,
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
+    return run_playbook(
+        inventory_dir / "hosts.yml",
+        "playbooks/certificates.yml",
+        "-e",
+        "airflow_common_pki_generate=false",
+        *extra,
         timeout=300,
     )
 
@@ -236,27 +215,19 @@ def test_a_certificate_of_another_ca_or_key_is_refused(tmp_path):
     (tmp_path / "hosts.yml").write_text(OWN_INVENTORY)
     ours = _own_pki(tmp_path / "ours")
     theirs = _own_pki(tmp_path / "theirs")
-    # Signed by another CA.
-    proc = run_certificates(
-        tmp_path,
-        "-e",
-        f"airflow_tls_ca_file={ours['ca']}",
-        "-e",
-        f"airflow_tls_cert_file={theirs['good']}",
-        "-e",
-        f"airflow_tls_key_file={theirs['key']}",
-    )
-    assert proc.returncode != 0
-    assert "not by the CA in" in proc.stdout, proc.stdout[-3000:]
-    # Our CA's certificate with another key.
-    proc = run_certificates(
-        tmp_path,
-        "-e",
-        f"airflow_tls_ca_file={ours['ca']}",
-        "-e",
-        f"airflow_tls_cert_file={ours['good']}",
-        "-e",
-        f"airflow_tls_key_file={theirs['key']}",
-    )
-    assert proc.returncode != 0
-    assert "does not belong to the key" in proc.stdout, proc.stdout[-3000:]
+    cases = [
+        (ours["ca"], theirs["good"], theirs["key"], "not by the CA in"),  # signed by another CA
+        (ours["ca"], ours["good"], theirs["key"], "does not belong to the key"),  # another key
+    ]
+    for ca, cert, key, message in cases:
+        proc = run_certificates(
+            tmp_path,
+            "-e",
+            f"airflow_tls_ca_file={ca}",
+            "-e",
+            f"airflow_tls_cert_file={cert}",
+            "-e",
+            f"airflow_tls_key_file={key}",
+        )
+        assert proc.returncode != 0
+        assert message in proc.stdout, proc.stdout[-3000:]

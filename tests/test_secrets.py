@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import math
 import re
@@ -15,7 +14,7 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 
-from helpers import REPO, ansible_env, tool
+from helpers import REPO, ansible_env, load_module, tool
 
 # The secrets play only runs on the controller (include_vars, set_fact, delegate_to localhost):
 # these hosts are never contacted.
@@ -121,12 +120,9 @@ def test_the_fernet_key_is_32_random_bytes_that_fernet_accepts(tmp_path):
 
 
 def test_the_fernet_key_lookup_makes_a_new_key_each_call():
-    path = REPO / "collections/ansible_collections/airflow_ha/cluster/plugins/lookup/fernet_key.py"
-    spec = importlib.util.spec_from_file_location("fernet_key_lookup", path)
-    assert spec
-    assert spec.loader
-    plugin = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plugin)
+    plugin = load_module(
+        "collections/ansible_collections/airflow_ha/cluster/plugins/lookup/fernet_key.py", "fernet_key"
+    )
     keys = {plugin.fernet_key() for _ in range(20)}
     assert len(keys) == 20
     for key in keys:
