@@ -1,5 +1,5 @@
 # Copyright: airflow-ha contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Apache License 2.0 (see LICENSE at the root of the airflow-ha repository)
 """Several assertions, each with its own message, in one task."""
 
 from __future__ import annotations

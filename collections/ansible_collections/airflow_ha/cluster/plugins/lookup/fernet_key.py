@@ -1,5 +1,5 @@
 # Copyright: airflow-ha contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Apache License 2.0 (see LICENSE at the root of the airflow-ha repository)
 """A fresh Fernet key: URL-safe base64 of 32 random bytes, made by cryptography's Fernet.
 
 Why a plugin: Ansible's generators pick characters, not bytes. ``ansible.builtin.password`` and

@@ -1,5 +1,5 @@
 # Copyright: airflow-ha contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Apache License 2.0 (see LICENSE at the root of the airflow-ha repository)
 """The options of roles' meta/argument_specs.yml, without their defaults."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 # Copyright: airflow-ha contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Apache License 2.0 (see LICENSE at the root of the airflow-ha repository)
 """SHA-1 of every file under a directory on the controller."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # Copyright: airflow-ha contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Apache License 2.0 (see LICENSE at the root of the airflow-ha repository)
 """Documentation of the checks action (it runs on the controller: plugins/action/checks.py)."""
 
 from __future__ import annotations

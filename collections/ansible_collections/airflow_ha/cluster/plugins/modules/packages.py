@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # Copyright: airflow-ha contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Apache License 2.0 (see LICENSE at the root of the airflow-ha repository)
 """Documentation of the packages action (plugins/action/packages.py)."""
 
 from __future__ import annotations
