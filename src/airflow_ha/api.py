@@ -29,6 +29,7 @@ class AirflowApi:
         """Get a JWT from the FAB auth manager's /auth/token, retrying while the API comes up."""
         deadline = time.monotonic() + wait
         last = ""
+        refusals = 0
         while time.monotonic() < deadline:
             try:
                 resp = self.session.post(
@@ -41,7 +42,11 @@ class AirflowApi:
                     self.session.headers["Authorization"] = f"Bearer {token}"
                     return
                 last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                if resp.status_code in (400, 401, 403):
+                # FAB answers 401 "Invalid credentials" also when its user lookup hit a dead pooled
+                # database connection (seen right after the VIP holder was killed): a refusal counts
+                # only when it repeats.
+                refusals += resp.status_code in (400, 401, 403)
+                if refusals >= 3:
                     break
             except requests.RequestException as exc:
                 last = str(exc)
