@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import REPO
+from helpers import REPO, load_module
 
 FAILOVER_SRC = REPO / "src" / "airflow_ha" / "failover"
 ROLE = REPO / "roles" / "scheduler_failover"
@@ -35,12 +35,7 @@ BUILDER = ROLE / "files" / "build_wheel.py"
 
 
 def _builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_wheel", BUILDER)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(str(BUILDER.relative_to(REPO)), "build_wheel")
 
 
 def _yaml(path: Path) -> Any:

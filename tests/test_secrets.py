@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import math
 import re
 import stat
@@ -127,21 +126,6 @@ def test_the_fernet_key_lookup_makes_a_new_key_each_call():
     assert len(keys) == 20
     for key in keys:
         assert_real_fernet_key(key)
-
-
-def test_the_fernet_key_lookup_is_documented():
-    proc = subprocess.run(
-        [tool("ansible-doc"), "-t", "lookup", "--json", "airflow_ha.cluster.fernet_key"],
-        cwd=REPO,
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)["airflow_ha.cluster.fernet_key"]
-    assert doc["doc"]["short_description"], doc
-    assert doc["examples"].strip(), doc
 
 
 def test_passwords_hold_at_least_128_bits(tmp_path):
