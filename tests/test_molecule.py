@@ -12,9 +12,9 @@ from airflow_ha.testproxy import running_proxy
 from helpers import REPO, ansible_env, tool
 
 # The scenario whose worker installs Airflow from a package index through a proxy.
-INDEX_SCENARIO = "worker"
+INDEX_SCENARIO = "scheduler_failover_active_standby"
 # Cheapest first, so a broken basic role fails the run early.
-ORDER = ["metadata_db", "broker", "loadbalancer", "worker"]
+ORDER = ["metadata_db", "broker", "loadbalancer_ha"]
 # Scenarios `make test` leaves out, each with what covers its checks there; `make molecule-failover`
 # runs them. active_active: its hung scheduler is the end-to-end test's
 # test_watchdog_restarts_a_hung_scheduler_while_the_other_keeps_scheduling (same lab mode, same
@@ -45,7 +45,7 @@ def test_extra_scenario(scenario):
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario(scenario):
     env = ansible_env(ANSIBLE_CONFIG="", PY_COLORS="0", ANSIBLE_NOCOLOR="1")
-    # The worker scenario's worker host installs from PyPI through this proxy (its vars.yml).
+    # That scenario's worker host installs from PyPI through this proxy (its vars.yml).
     with running_proxy() if scenario == INDEX_SCENARIO else nullcontext() as proxy:
         if proxy:
             env["AIRFLOW_HA_TEST_PROXY_PORT"] = str(proxy.port)
