@@ -22,7 +22,7 @@ import yaml
 
 from airflow_ha import docker_hosts
 from airflow_ha import lab as labmod
-from airflow_ha.api import AirflowApi
+from airflow_ha.api import AirflowApi, ApiError
 from airflow_ha.chaos import CI_FAULTS, ci_settings, run_chaos
 
 pytestmark = pytest.mark.e2e
@@ -83,6 +83,58 @@ def test_sample_dag_runs_on_both_workers_through_the_load_balancer(lab, api):
     assert f"ran on {ti['hostname']}" in text, text[-2000:]
 
 
+def test_a_task_builds_its_own_virtualenv_from_the_package_index(lab, api):
+    """pip in a task's virtualenv verifies the index with the system CA store (/etc/pip.conf), which
+    holds the lab's extra CA bundle: Certifi's bundle alone would refuse it."""
+    dag = "airflow_ha_virtualenv"
+    api.wait_for_dag(dag)
+    api.unpause(dag)
+    run_id = api.trigger(dag)
+    run = api.wait_for_run(dag, run_id)
+    (ti,) = api.task_instances(dag, run_id)
+    text = api.task_log(dag, run_id, ti["task_id"], ti["try_number"], ti["map_index"])
+    assert run["state"] == "success", f"{run_id} ended {run['state']}: {text[-3000:]}"
+    line = next((x for x in text.splitlines() if "six 1.17.0 from " in x), "")
+    assert line, f"the task did not import six: {text[-3000:]}"
+    assert "/opt/airflow/venv/" not in line, f"six came from Airflow's own virtualenv: {line}"
+
+
+PROBE_DAG_ID = "airflow_ha_delivery_probe"
+PROBE_DAG = f"""
+import pendulum
+from airflow.sdk import DAG, task
+
+with DAG(dag_id="{PROBE_DAG_ID}", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")):
+
+    @task
+    def noop() -> None:
+        pass
+
+    noop()
+"""
+
+
+def test_a_dag_file_synced_with_the_dags_tag_is_visible_within_seconds(lab, api):
+    """docs/runbooks/deploy-or-update.md: `site.yml --tags airflow_common_dags` syncs a new DAG file;
+    the dag-processor looks for new files every airflow_common_dag_refresh_interval (10 s; Airflow's
+    default, 300 s, would fail this)."""
+    path = labmod.REPO / "dags" / f"{PROBE_DAG_ID}.py"
+    path.write_text(PROBE_DAG)
+    try:
+        result = labmod.run_playbook(lab, "site.yml", "--tags", "airflow_common_dags")
+        assert result.returncode == 0, "the DAG sync failed (output above)"
+        synced = time.monotonic()
+        api.wait_for_dag(PROBE_DAG_ID, wait=120)
+        took = time.monotonic() - synced
+        print(f"{PROBE_DAG_ID} visible through the API {took:.1f} s after the sync ended")
+        assert took < 60, f"{PROBE_DAG_ID} took {took:.0f} s to appear"
+    finally:
+        path.unlink(missing_ok=True)
+        probe_on_host = f"/opt/airflow/dags/{PROBE_DAG_ID}.py"
+        for host in lab.groups["airflow_scheduler"] + lab.groups["airflow_worker"]:
+            subprocess.run(["docker", "exec", host, "rm", "-f", probe_on_host], check=False)
+
+
 def test_every_scheduler_is_alive(lab, api):
     assert api.alive_scheduler_hosts() >= set(lab.groups["airflow_scheduler"])
     for host in lab.groups["airflow_scheduler"]:
@@ -122,6 +174,51 @@ def _sh(host: str, script: str, timeout: float = 30) -> str:
     )
     assert done.returncode == 0, f"{host}: {script!r} failed: {done.stderr}"
     return done.stdout.strip()
+
+
+def _db_primary(lab) -> str:
+    for host in lab.groups["airflow_metadata_db"]:
+        psql = ["runuser", "-u", "postgres", "--", "psql", "-tAc", "SELECT pg_is_in_recovery()"]
+        done = subprocess.run(["docker", "exec", host, *psql], capture_output=True, text=True, timeout=30)
+        if done.stdout.strip() == "f":
+            return host
+    raise AssertionError("no PostgreSQL primary among the database hosts")
+
+
+def test_housekeeping_deletes_what_is_past_retention_and_keeps_the_rest(lab, api):
+    """The airflow-db-clean timer's service (on the first scheduler host only) deletes a DAG run older
+    than airflow_common_db_retention_days and keeps a recent one; airflow-log-clean deletes a log file
+    older than airflow_common_log_retention_days and keeps a new one; the journal is capped."""
+    cleaner, *others = lab.groups["airflow_scheduler"]
+    assert _sh(cleaner, "systemctl is-enabled airflow-db-clean.timer") == "enabled"
+    for host in others:
+        assert _sh(host, "systemctl is-enabled airflow-db-clean.timer || true") == "disabled", host
+    old_run, _ = _run_sample(api)
+    new_run, _ = _run_sample(api)
+    age = (
+        "UPDATE dag_run SET start_date = start_date - interval '400 days', end_date = end_date - interval "
+        f"'400 days' WHERE run_id = '{old_run}' RETURNING run_id"
+    )
+    aged = _sh(_db_primary(lab), f'runuser -u postgres -- psql -d airflow -tAc "{age}"')
+    assert old_run in aged, aged
+    _sh(cleaner, "systemctl start airflow-db-clean.service", 300)
+    with pytest.raises(ApiError, match="HTTP 404"):
+        api.get(f"/api/v2/dags/{DAG}/dagRuns/{old_run}")
+    assert api.get(f"/api/v2/dags/{DAG}/dagRuns/{new_run}")["state"] == "success"
+
+    worker = lab.groups["airflow_worker"][0]
+    probe = "/opt/airflow/logs/housekeeping-probe"
+    _sh(
+        worker,
+        f"runuser -u airflow -- mkdir -p {probe} && cd {probe} && runuser -u airflow -- touch new.log old.log"
+        " && touch -d '40 days ago' old.log",
+    )
+    _sh(worker, "systemctl start airflow-log-clean.service", 120)
+    assert _sh(worker, f"ls {probe}") == "new.log"
+    _sh(worker, f"rm -rf {probe}")
+
+    config = _sh(worker, "systemd-analyze cat-config systemd/journald.conf")
+    assert "SystemMaxUse=1G" in config, config
 
 
 def test_watchdog_restarts_a_hung_scheduler_while_the_other_keeps_scheduling(lab, api):

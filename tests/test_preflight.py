@@ -178,3 +178,17 @@ def test_a_vip_equal_to_a_host_address_is_refused(tmp_path):
     proc = run_playbook(inventory, "playbooks/preflight.yml")
     assert "loadbalancer_vip 192.0.2.8 is the address of a host (h1)" in proc.stdout, proc.stdout
     assert_nothing_changed(proc, inventory)
+
+
+def test_db_clean_on_a_host_that_is_no_scheduler_is_refused(tmp_path):
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {
+        "db1": local | {"airflow_node_address": "192.0.2.9", "airflow_common_db_clean_host": "web1"},
+        "web1": local | {"airflow_node_address": "192.0.2.10", "airflow_common_db_clean_host": "web1"},
+    }
+    groups = {g: ["db1"] for g in GROUPS} | {"airflow_webserver": ["web1"]}
+    inventory = write_inventory(tmp_path / "inv", hosts, groups)
+    proc = run_playbook(inventory, "playbooks/preflight.yml")
+    message = "airflow_common_db_clean_host 'web1' is not a host of airflow_scheduler (db1)"
+    assert message in proc.stdout, proc.stdout
+    assert_nothing_changed(proc, inventory)
