@@ -821,7 +821,10 @@ def test_tls_parameters_of_sql_alchemy_conn_reach_every_connection():
     assert '"sslrootcert": "/etc/airflow/ca.crt"' in chaos_lab.ledger_script("read", db, "x")
     # Connections from the controller verify against its own copy of the CA.
     here = db.with_root_cert("/inv/.secrets/pki/ca.crt")
-    assert (here.libpq()["sslmode"], here.libpq()["sslrootcert"]) == ("verify-full", "/inv/.secrets/pki/ca.crt")
+    assert (here.libpq()["sslmode"], here.libpq()["sslrootcert"]) == (
+        "verify-full",
+        "/inv/.secrets/pki/ca.crt",
+    )
     assert chaos_probes.probe_params(here)["sslrootcert"] == "/inv/.secrets/pki/ca.crt"
     assert db.libpq()["sslrootcert"] == "/etc/airflow/ca.crt"
     # No TLS in the URL (or no CA here): nothing is added.

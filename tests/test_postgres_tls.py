@@ -1,8 +1,9 @@
 """PostgreSQL over TLS, rendered from inventories without containers: the server's settings and
 pg_hba (Patroni's and one host's), Patroni's replication verifying the primary, every client URL
-with sslmode=verify-full and the host's CA, the certificates naming the address clients dial, and
-preflight refusing a weaker sslmode. What the running cluster does is the metadata_db and
-metadata_db_ha scenarios' verify (a plain connection refused, a wrong name refused, pg_stat_ssl)."""
+with sslmode=verify-full and the host's CA, and the certificates naming the address clients dial.
+tests/test_preflight.py has preflight refusing a weaker sslmode. What the running cluster does is
+the metadata_db and metadata_db_ha scenarios' verify (a plain connection refused, a wrong name
+refused, pg_stat_ssl) and tests/test_e2e_lab.py's."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import yaml
 from cryptography import x509
 
 from helpers import REPO, ansible_env, run_playbook, tool
@@ -63,7 +63,8 @@ RENDER_PLAY = """
   tasks:
     - name: Write airflow.cfg
       ansible.builtin.copy:
-        content: "{{ lookup('ansible.builtin.template', repo ~ '/roles/airflow_common/templates/airflow.cfg.j2') }}"
+        content: >-
+          {{ lookup('ansible.builtin.template', repo ~ '/roles/airflow_common/templates/airflow.cfg.j2') }}
         dest: "{{ out }}/{{ inventory_hostname }}.airflow.cfg"
         mode: "0644"
       tags: [render]
@@ -133,8 +134,17 @@ def render(tmp: Path, inventory_text: str, *extra: str) -> dict[str, str]:
     }
     (tmp / "vars.json").write_text(json.dumps(variables))
     proc = subprocess.run(
-        [tool("ansible-playbook"), "-i", str(tmp / "hosts.yml"), str(tmp / "render.yml"), "--tags", "render",
-         "-e", f"@{tmp / 'vars.json'}", *extra],
+        [
+            tool("ansible-playbook"),
+            "-i",
+            str(tmp / "hosts.yml"),
+            str(tmp / "render.yml"),
+            "--tags",
+            "render",
+            "-e",
+            f"@{tmp / 'vars.json'}",
+            *extra,
+        ],
         cwd=REPO,
         env=ansible_env(),
         capture_output=True,
@@ -232,7 +242,9 @@ def airflow_urls(cfg_text: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize(("which", "host", "address"), [("ha", "a1", "10.9.0.100:5433"), ("one", "api9", "10.9.0.1:5432")])
+@pytest.mark.parametrize(
+    ("which", "host", "address"), [("ha", "a1", "10.9.0.100:5433"), ("one", "api9", "10.9.0.1:5432")]
+)
 def test_airflow_and_the_failover_controller_verify_the_server(ha, one_host, which, host, address):
     files = ha if which == "ha" else one_host
     for name, url in airflow_urls(files[f"{host}.airflow.cfg"]).items():
@@ -250,7 +262,8 @@ def test_airflow_and_the_failover_controller_verify_the_server(ha, one_host, whi
 def test_without_tls_nothing_changes_for_the_clients_and_pg_hba(tmp_path):
     files = render(tmp_path, HA_INVENTORY, "-e", "airflow_tls_enabled=false")
     for url in airflow_urls(files["a1.airflow.cfg"]).values():
-        assert "sslmode" not in url and "sslrootcert" not in url
+        assert "sslmode" not in url
+        assert "sslrootcert" not in url
     assert "?" not in files["a1.dsn"]
     config = json.loads(files["i1.db.json"])["patroni"]
     assert "ssl" not in config["postgresql"]["parameters"]
@@ -299,64 +312,6 @@ def test_database_certificates_name_the_front_address_and_follow_it(tmp_path):
     after = {p.name: p.read_bytes() for p in hosts.glob("*.crt")}
     assert {n for n in after if after[n] != before[n]} == {"db1.crt", "db2.crt"}
     assert issue(tmp_path, "-e", "loadbalancer_vip=192.0.2.100") == 0
-    assert ipaddress.ip_address("192.0.2.100") not in {ipaddress.ip_address(a) for a in ip_names(hosts / "lb1.crt")}
-
-
-# --- Preflight refuses a weaker sslmode ----------------------------------------------------------
-PREFLIGHT_GROUPS = ("airflow_metadata_db", "airflow_broker", "airflow_webserver", "airflow_scheduler", "airflow_worker")
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        (
-            {"airflow_common_db_connect_params": {"connect_timeout": 5, "sslmode": "require"}},
-            "but airflow_common_db_connect_params sets sslmode=require. Remove sslmode from it",
-        ),
-        (
-            {"airflow_common_config_extra": {"celery": {"result_backend": "db+postgresql://u:pw@h/airflow?sslmode=prefer"}}},
-            "but airflow_common_config_extra sets [celery] result_backend without sslmode=verify-full",
-        ),
-        (
-            {"airflow_common_config_extra": {"database": {"sql_alchemy_conn": "postgresql://u:secretpw@h/airflow"}}},
-            "but airflow_common_config_extra sets [database] sql_alchemy_conn without sslmode=verify-full",
-        ),
-    ],
-)
-def test_preflight_refuses_an_sslmode_weaker_than_verify_full(tmp_path, override, message):
-    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-    inventory = {
-        "all": {
-            "hosts": {"h1": local | {"airflow_node_address": "192.0.2.9"}},
-            "children": {g: {"hosts": {"h1": None}} for g in PREFLIGHT_GROUPS},
-        }
+    assert ipaddress.ip_address("192.0.2.100") not in {
+        ipaddress.ip_address(a) for a in ip_names(hosts / "lb1.crt")
     }
-    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
-    (tmp_path / "override.json").write_text(json.dumps(override))
-    proc = run_playbook(tmp_path / "hosts.yml", "playbooks/preflight.yml", "-e", f"@{tmp_path / 'override.json'}")
-    assert proc.returncode != 0
-    assert message in proc.stdout, proc.stdout[-4000:]
-    assert "secretpw" not in proc.stdout
-    assert not (tmp_path / ".secrets").exists(), "secrets were generated before the settings were checked"
-
-
-def test_preflight_accepts_verify_full_set_by_the_inventory(tmp_path):
-    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-    inventory = {
-        "all": {
-            "hosts": {"h1": local | {"airflow_node_address": "192.0.2.9"}},
-            "children": {g: {"hosts": {"h1": None}} for g in PREFLIGHT_GROUPS},
-        }
-    }
-    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
-    override = {
-        "airflow_common_db_connect_params": {"sslmode": "verify-full"},
-        "airflow_common_config_extra": {
-            "celery": {"result_backend": "db+postgresql://u:pw@h/airflow?sslmode=verify-full&sslrootcert=/x.crt"}
-        },
-    }
-    (tmp_path / "override.json").write_text(json.dumps(override))
-    proc = run_playbook(tmp_path / "hosts.yml", "playbooks/preflight.yml", "-e", f"@{tmp_path / 'override.json'}")
-    # Whatever else this host lacks, the shared checks (they report every failure) find no sslmode to refuse.
-    assert "Checks shared by the Airflow roles" in proc.stdout, proc.stdout[-4000:]
-    assert "TLS to the database is on" not in proc.stdout, proc.stdout[-4000:]
