@@ -803,6 +803,36 @@ def test_several_database_hosts_become_a_libpq_host_list():
         chaos_lab.parse_sql_alchemy_conn("sql_alchemy_conn = sqlite:////tmp/airflow.db")
 
 
+def test_tls_parameters_of_sql_alchemy_conn_reach_every_connection():
+    # As airflow_common writes it: verify-full against the CA on the Airflow hosts, a % doubled.
+    line = (
+        "sql_alchemy_conn = postgresql+psycopg2://airflow:p%%2Fw@172.30.10.10:5433/airflow"
+        "?connect_timeout=5&sslmode=verify-full&sslrootcert=/etc/airflow/ca.crt&application_name=a%%20b\n"
+    )
+    db = chaos_lab.parse_sql_alchemy_conn(line)
+    assert db.password == "p/w"
+    libpq = db.libpq()
+    assert (libpq["sslmode"], libpq["sslrootcert"]) == ("verify-full", "/etc/airflow/ca.crt")
+    assert libpq["application_name"] == "a b"
+    # The DAG's tasks run on the Airflow hosts: their connection keeps the hosts' CA path.
+    extra = json.loads(db.connection_body()["extra"])
+    assert (extra["sslmode"], extra["sslrootcert"]) == ("verify-full", "/etc/airflow/ca.crt")
+    # The ledger reader runs there too.
+    assert '"sslrootcert": "/etc/airflow/ca.crt"' in chaos_lab.ledger_script("read", db, "x")
+    # Connections from the controller verify against its own copy of the CA.
+    here = db.with_root_cert("/inv/.secrets/pki/ca.crt")
+    assert (here.libpq()["sslmode"], here.libpq()["sslrootcert"]) == (
+        "verify-full",
+        "/inv/.secrets/pki/ca.crt",
+    )
+    assert chaos_probes.probe_params(here)["sslrootcert"] == "/inv/.secrets/pki/ca.crt"
+    assert db.libpq()["sslrootcert"] == "/etc/airflow/ca.crt"
+    # No TLS in the URL (or no CA here): nothing is added.
+    plain = chaos_lab.parse_sql_alchemy_conn("postgresql://u:pw@h:5432/airflow")
+    assert plain.with_root_cert("/inv/ca.crt") == plain
+    assert db.with_root_cert(None) == db
+
+
 def test_ledger_reader_script_and_output():
     db = chaos_lab.parse_sql_alchemy_conn("postgresql://u:pw@h:5432/airflow")
     script = chaos_lab.ledger_script("read", db, session_prefix(SESSION))

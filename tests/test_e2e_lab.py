@@ -262,6 +262,25 @@ def test_load_balancer_answers_with_one_api_server_stopped(lab, api):
         subprocess.run(["docker", "exec", stopped, "systemctl", "start", "airflow-api-server"], check=True)
 
 
+def test_every_database_connection_over_the_network_is_tls(lab, api):
+    """Airflow's (through HAProxy), the failover controllers' and the replicas' connections, as each
+    member's pg_stat_ssl sees them: all TLS (pg_hba admits nothing else; clients verify-full)."""
+    _run_sample(api)
+    query = (
+        "SELECT a.usename, a.backend_type, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)"
+        " WHERE a.client_addr IS NOT NULL"
+    )
+    rows = []
+    for host in lab.groups["airflow_metadata_db"]:
+        out = docker_hosts.exec_in(
+            host, "runuser", "-u", "postgres", "--", "psql", "-X", "-A", "-t", "-c", query
+        )
+        rows += [(host, *line.split("|")) for line in out.splitlines() if line.strip()]
+    assert any(r[1] == "airflow" and r[2] == "client backend" for r in rows), rows
+    assert any(r[2] == "walsender" for r in rows), rows
+    assert [r for r in rows if r[3] != "t"] == [], rows
+
+
 def test_planned_database_switchover_fails_no_task(lab, api):
     """playbooks/db-switchover.yml while DAG runs are in flight (docs/runbooks/database-switchover.md)."""
     api.wait_for_dag(DAG)

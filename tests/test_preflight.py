@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -192,3 +193,58 @@ def test_db_clean_on_a_host_that_is_no_scheduler_is_refused(tmp_path):
     message = "airflow_common_db_clean_host 'web1' is not a host of airflow_scheduler (db1)"
     assert message in proc.stdout, proc.stdout
     assert_nothing_changed(proc, inventory)
+
+
+# With TLS to the database (on by default), a weaker sslmode than verify-full anywhere Airflow's
+# URLs are built: refused by the shared host checks, before the secrets. A URL's password is not shown.
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            {"airflow_common_db_connect_params": {"connect_timeout": 5, "sslmode": "require"}},
+            "but airflow_common_db_connect_params sets sslmode=require. Remove sslmode from it",
+        ),
+        (
+            {
+                "airflow_common_config_extra": {
+                    "celery": {"result_backend": "db+postgresql://u:pw@h/a?sslmode=prefer"}
+                }
+            },
+            "but airflow_common_config_extra sets [celery] result_backend without sslmode=verify-full",
+        ),
+        (
+            {
+                "airflow_common_config_extra": {
+                    "database": {"sql_alchemy_conn": "postgresql://u:secretpw@h/a"}
+                }
+            },
+            "but airflow_common_config_extra sets [database] sql_alchemy_conn without sslmode=verify-full",
+        ),
+    ],
+)
+def test_an_sslmode_weaker_than_verify_full_is_refused(tmp_path, override, message):
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {"h1": local | {"airflow_node_address": "192.0.2.9"}}
+    inventory = write_inventory(tmp_path / "inv", hosts, {g: ["h1"] for g in GROUPS})
+    (tmp_path / "override.json").write_text(json.dumps(override))
+    proc = run_playbook(inventory, "playbooks/preflight.yml", "-e", f"@{tmp_path / 'override.json'}")
+    assert message in proc.stdout, proc.stdout[-4000:]
+    assert "secretpw" not in proc.stdout
+    assert_nothing_changed(proc, inventory)
+    assert not (inventory / ".secrets").exists(), "secrets were generated before the settings were checked"
+
+
+def test_verify_full_set_by_the_inventory_passes_the_sslmode_checks(tmp_path):
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {"h1": local | {"airflow_node_address": "192.0.2.9"}}
+    inventory = write_inventory(tmp_path / "inv", hosts, {g: ["h1"] for g in GROUPS})
+    url = "db+postgresql://u:pw@h/a?sslmode=verify-full&sslrootcert=/x.crt"
+    override = {
+        "airflow_common_db_connect_params": {"sslmode": "verify-full"},
+        "airflow_common_config_extra": {"celery": {"result_backend": url}},
+    }
+    (tmp_path / "override.json").write_text(json.dumps(override))
+    proc = run_playbook(inventory, "playbooks/preflight.yml", "-e", f"@{tmp_path / 'override.json'}")
+    # The shared checks ran (they report every failure they find) and found no sslmode to refuse.
+    assert "Checks shared by the Airflow roles" in proc.stdout, proc.stdout[-4000:]
+    assert "TLS to the database is on" not in proc.stdout, proc.stdout[-4000:]

@@ -253,7 +253,7 @@ def _broker_writable(ops: LabOps, password: str, port: int) -> bool:
 
 def lab_tiers(ops: LabOps, names: Sequence[str], redis_port: int = 6379, api_port: int = 8080) -> list[Tier]:
     secrets = ops.secrets
-    db = ops.db_address()
+    db = ops.controller_db(ops.db_address())
     vip = ops.vip()
     available = {
         "database": Tier(

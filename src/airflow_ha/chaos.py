@@ -579,7 +579,8 @@ class Runner:
         log(f"ledger connection {ensure_connection(self.api, self.db)} ({self.db.hosts[0][0]})")
         self.ops.ensure_ledger_table(self.db)
         if self.watcher is None:
-            self.watcher = LabWatcher(self.ops, self.db, self.settings)
+            # The probe connects from here, so with the controller's copy of the cluster CA.
+            self.watcher = LabWatcher(self.ops, self.ops.controller_db(self.db), self.settings)
         self.watcher.prepare()
 
     def run(self, faults: Sequence[AnyFault]) -> list[FaultResult]:

@@ -17,7 +17,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -106,6 +106,14 @@ class DbAddress:
             "password": self.password,
             "dbname": self.dbname,
         }
+
+    def with_root_cert(self, ca_file: str | None) -> DbAddress:
+        """The same address verified against `ca_file` instead of the `sslrootcert` airflow.cfg names
+        (a path on the Airflow hosts): for connections from the controller, which keeps the cluster
+        CA elsewhere. Unchanged when the URL names no `sslrootcert` or no file is given."""
+        if not ca_file or "sslrootcert" not in self.params:
+            return self
+        return replace(self, params={**self.params, "sslrootcert": ca_file})
 
     def connection_body(self, conn_id: str = LEDGER_CONN_ID) -> dict[str, Any]:
         """The Airflow connection (REST body) the chaos DAG's tasks use to reach the ledger."""
@@ -988,6 +996,11 @@ class LabOps:
         if not line:
             raise ChaosError(f"{host}: no [database] sql_alchemy_conn in {cfg}")
         return parse_sql_alchemy_conn(line.splitlines()[0])
+
+    def controller_db(self, db: DbAddress) -> DbAddress:
+        """`db` for a connection from here (the commit probe, the benchmark's writes): verified against
+        the inventory's cluster CA, the file the Airflow hosts have a copy of."""
+        return db.with_root_cert(self.control_tls.ca)
 
     def run_python(self, script: str, timeout: float = 120) -> str:
         host = self.airflow_host()

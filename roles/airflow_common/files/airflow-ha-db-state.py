@@ -25,7 +25,9 @@ def database_url() -> str:
     url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
     if url:
         return url
-    parser = configparser.RawConfigParser()
+    # Interpolating, as Airflow reads it: airflow.cfg writes a URL's % (a quoted password or
+    # parameter) as %%. The URL keeps its query (sslmode=verify-full, sslrootcert, timeouts).
+    parser = configparser.ConfigParser(interpolation=configparser.BasicInterpolation())
     parser.read(os.path.join(os.environ.get("AIRFLOW_HOME", "."), "airflow.cfg"))
     return parser.get("database", "sql_alchemy_conn")
 
