@@ -83,6 +83,10 @@ PASSWORDS = {
     "db_patroni_api_password",
     "db_superuser_password",
     "broker_sentinel_password",
+    "broker_admin_password",
+    "broker_celery_password",
+    "broker_replication_password",
+    "broker_sentinel_peer_password",
 }
 ALNUM = set((string.ascii_letters + string.digits).encode())
 PRINTABLE = set(string.printable.encode())

@@ -240,12 +240,22 @@ def _http_ok(url: str, timeout: float = 1.0) -> bool:
 
 
 def _broker_writable(ops: LabOps, password: str, port: int) -> bool:
-    """SET a key on the master most Sentinels name (what Celery's Sentinel transport does)."""
+    """SET a key on the master most Sentinels name, as Celery's user (what Celery's Sentinel
+    transport does)."""
     master = ops.sentinel_majority_master()
     if master is None:
         return False
     try:
-        reply = redis_call(master, port, password, "SET", "airflow-ha:bench", str(time.time()), timeout=1.0)
+        reply = redis_call(
+            master,
+            port,
+            password,
+            "SET",
+            "airflow-ha:bench",
+            str(time.time()),
+            timeout=1.0,
+            username=ops.broker_celery_user,
+        )
     except (OSError, ChaosError):
         return False
     return reply == "OK"
@@ -271,9 +281,11 @@ def lab_tiers(ops: LabOps, names: Sequence[str], redis_port: int = 6379, api_por
             recovered_when="a SET on the master the Sentinels name succeeds",
             target=10,
             victim=ops.broker_master,
-            serving=lambda: _broker_writable(ops, str(secrets.get("broker_password") or ""), redis_port),
+            serving=lambda: _broker_writable(
+                ops, str(secrets.get("broker_celery_password") or ""), redis_port
+            ),
             rejoined=lambda h: redis_replica_linked(
-                ops.lab.address(h), str(secrets.get("broker_password") or ""), redis_port
+                ops.lab.address(h), ops.broker_admin_password(), redis_port, username=ops.broker_admin_user
             ),
         ),
         "api": Tier(

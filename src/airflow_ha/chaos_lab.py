@@ -348,13 +348,16 @@ def http_status(url: str, timeout: float = 3.0, tls: ControlTls | None = None) -
         return None
 
 
-def redis_call(address: str, port: int, password: str, *command: str, timeout: float = 3.0) -> Any:
-    """One command to a Redis server or Sentinel (after AUTH when a password is given); its reply.
-    Raises OSError when nothing answers and ChaosError on an error reply."""
+def redis_call(
+    address: str, port: int, password: str, *command: str, timeout: float = 3.0, username: str = ""
+) -> Any:
+    """One command to a Redis server or Sentinel (after AUTH when a password is given, as the ACL
+    user `username` when one is given); its reply. Raises OSError when nothing answers and
+    ChaosError on an error reply."""
     with socket.create_connection((address, port), timeout=timeout) as sock:
         stream = sock.makefile("rwb")
         if password:
-            stream.write(encode_command("AUTH", password))
+            stream.write(encode_command("AUTH", *([username] if username else []), password))
             stream.flush()
             try:
                 read_reply(stream)
@@ -366,12 +369,21 @@ def redis_call(address: str, port: int, password: str, *command: str, timeout: f
         return read_reply(stream)
 
 
-def sentinel_master(address: str, port: int, password: str, master: str, timeout: float = 3.0) -> str | None:
+def sentinel_master(
+    address: str, port: int, password: str, master: str, timeout: float = 3.0, username: str = ""
+) -> str | None:
     """The master address a Sentinel reports for `master`, or None (no Sentinel there, or it does not
     know the master)."""
     try:
         reply = redis_call(
-            address, port, password, "SENTINEL", "get-master-addr-by-name", master, timeout=timeout
+            address,
+            port,
+            password,
+            "SENTINEL",
+            "get-master-addr-by-name",
+            master,
+            timeout=timeout,
+            username=username,
         )
     except OSError:
         return None
@@ -401,10 +413,11 @@ def patroni_member_caught_up(cluster: dict[str, Any], member: str, max_lag: int 
     )
 
 
-def redis_replica_linked(address: str, password: str, port: int = 6379) -> bool:
-    """The Redis server at `address` is a replica whose link to its master is up."""
+def redis_replica_linked(address: str, password: str, port: int = 6379, username: str = "") -> bool:
+    """The Redis server at `address` is a replica whose link to its master is up (INFO: a user
+    with @dangerous commands, the broker role's admin user)."""
     try:
-        info = redis_call(address, port, password, "INFO", "replication", timeout=2.0)
+        info = redis_call(address, port, password, "INFO", "replication", timeout=2.0, username=username)
     except (OSError, ChaosError):
         return False
     text = info.decode() if isinstance(info, bytes) else str(info)
@@ -539,6 +552,9 @@ class LabOps:
     patroni_port: int = 8008
     sentinel_port: int = 26379
     sentinel_master_name: str = "airflow-broker"
+    # The broker role's ACL users: the operator's (INFO, SENTINEL FAILOVER) and Celery's.
+    broker_admin_user: str = "admin"
+    broker_celery_user: str = "celery"
     etcd_port: int = 2379
     redis_port: int = 6379
     # Set from the lab's inventory when not given.
@@ -796,7 +812,7 @@ class LabOps:
     def move_broker_master(self, avoid: Collection[str], wait: float = 90.0) -> str:
         """SENTINEL FAILOVER until the master is a host outside `avoid`, then wait for every replica
         to link to it (a fault on the new master must find a promotable replica)."""
-        password = str(self.secrets.get("broker_sentinel_password") or "")
+        password = self.broker_admin_password()
         brokers = self.lab.groups.get("airflow_broker", [])
         deadline = time.monotonic() + wait
         asked_at = 0.0
@@ -817,6 +833,7 @@ class LabOps:
                             "SENTINEL",
                             "FAILOVER",
                             self.sentinel_master_name,
+                            username=self.broker_admin_user,
                         )
                         asked_at = time.monotonic()
                         break
@@ -829,14 +846,18 @@ class LabOps:
         brokers = self.lab.groups.get("airflow_broker", [])
         if not brokers:
             raise ChaosError("the inventory has no airflow_broker host")
-        password = str(self.secrets.get("broker_sentinel_password") or "")
+        password = self.broker_admin_password()
         candidates = brokers + [h.name for h in self.lab.hosts if h.name not in brokers]
         answers: Counter[str] = Counter()
         for host in candidates:
             if not self.running(host):
                 continue
             found = sentinel_master(
-                self.lab.address(host), self.sentinel_port, password, self.sentinel_master_name
+                self.lab.address(host),
+                self.sentinel_port,
+                password,
+                self.sentinel_master_name,
+                username=self.broker_admin_user,
             )
             if found:
                 answers[found] += 1
@@ -966,11 +987,16 @@ class LabOps:
         )
         brokers = groups.get("airflow_broker", [])
         if len(brokers) > 1:
-            password = str(self.secrets.get("broker_sentinel_password") or "")
+            password = self.broker_admin_password()
             problems += sentinel_problems(
                 {
                     h: sentinel_master(
-                        self.lab.address(h), self.sentinel_port, password, self.sentinel_master_name, 2.0
+                        self.lab.address(h),
+                        self.sentinel_port,
+                        password,
+                        self.sentinel_master_name,
+                        2.0,
+                        username=self.broker_admin_user,
                     )
                     for h in brokers
                 }
@@ -1032,14 +1058,23 @@ class LabOps:
                 time.sleep(5)
         raise AssertionError("unreachable")
 
+    def broker_admin_password(self) -> str:
+        """The password of the broker role's admin user (broker_admin_user) from the secrets file."""
+        return str(self.secrets.get("broker_admin_password") or "")
+
     def sentinel_majority_master(self) -> str | None:
         """The Redis master address most running Sentinels name (quietly), or None."""
-        password = str(self.secrets.get("broker_sentinel_password") or "")
+        password = self.broker_admin_password()
         named: Counter[str] = Counter()
         for host in self.lab.groups.get("airflow_broker", []):
             if self.running(host):
                 found = sentinel_master(
-                    self.lab.address(host), self.sentinel_port, password, self.sentinel_master_name, 1.0
+                    self.lab.address(host),
+                    self.sentinel_port,
+                    password,
+                    self.sentinel_master_name,
+                    1.0,
+                    username=self.broker_admin_user,
                 )
                 if found:
                     named[found] += 1
@@ -1066,7 +1101,7 @@ class LabOps:
                     problems.append("Patroni: no leader")
         brokers = self.lab.groups.get("airflow_broker", [])
         if len(brokers) > 1:
-            password = str(self.secrets.get("broker_password") or "")
+            password = self.broker_admin_password()
             master = self.sentinel_majority_master()
             if master is None:
                 return [*problems, "broker: no Sentinel names a master"]
@@ -1075,7 +1110,7 @@ class LabOps:
                 for h in brokers
                 if self.lab.address(h) != master
                 and self.running(h)
-                and not redis_replica_linked(self.lab.address(h), password)
+                and not redis_replica_linked(self.lab.address(h), password, username=self.broker_admin_user)
             ]
         return problems
 

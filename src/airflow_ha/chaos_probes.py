@@ -254,12 +254,16 @@ def db_sampler_script(port: int = 5432, every: float = 0.5, max_seconds: int = 3
     return _LOOP.format(max_seconds=max_seconds, body=body, every=every)
 
 
-def redis_sampler_script(port: int = 6379, every: float = 0.5, max_seconds: int = 3600) -> str:
+def redis_sampler_script(
+    port: int = 6379, every: float = 0.5, max_seconds: int = 3600, user: str = ""
+) -> str:
     """bash printing `<epoch>|<INFO replication>|<CONFIG GET min-replicas-to-write>` per sample (each
-    answer's lines joined by spaces); the password comes in REDISCLI_AUTH, never in argv."""
+    answer's lines joined by spaces); as the ACL user `user` (the broker role's admin user: INFO and
+    CONFIG are @dangerous) when given; the password comes in REDISCLI_AUTH, never in argv."""
+    cli = f"redis-cli -p {port}" + (f" --user {shlex.quote(user)}" if user else "")
     body = (
-        f'  info=$(timeout 2 redis-cli -p {port} INFO replication 2>&1 | tr -d "\\r" | tr "\\n" " ")\n'
-        f"  conf=$(timeout 2 redis-cli -p {port} CONFIG GET min-replicas-to-write 2>&1 "
+        f'  info=$(timeout 2 {cli} INFO replication 2>&1 | tr -d "\\r" | tr "\\n" " ")\n'
+        f"  conf=$(timeout 2 {cli} CONFIG GET min-replicas-to-write 2>&1 "
         '| tr -d "\\r" | tr "\\n" " ")\n'
         '  printf "%s|%s|%s\\n" "$t" "$info" "$conf"'
     )
@@ -437,6 +441,7 @@ def lab_watch(
     broker_members: Sequence[str],
     broker_password: str,
     probe_interval: float = 0.1,
+    broker_user: str = "",
     commit_guard: float = 5.0,
     sample_every: float = 0.5,
     max_seconds: int = 3600,
@@ -446,7 +451,7 @@ def lab_watch(
     """The real Watch of one fault on the lab."""
     probe = CommitProbe(PgCommitter(probe_params(db), session, commit_guard), probe_interval)
     db_script = db_sampler_script(pg_port, sample_every, max_seconds)
-    redis_script = redis_sampler_script(redis_port, sample_every, max_seconds)
+    redis_script = redis_sampler_script(redis_port, sample_every, max_seconds, broker_user)
     samplers: dict[str, list[Sampler]] = {
         "db": [MemberSampler(h, db_sampler_command(h, db_script), parse_db_sample) for h in db_members],
         "broker": [

@@ -10,6 +10,11 @@ after its argument, so the test sees which messages a worker consumed.
     python3 broker_client.py publish NAME                            (one message)
     python3 broker_client.py publish-loop PREFIX SECONDS INTERVAL    (JSON lines, one per message)
     python3 broker_client.py watch-failover OLD_MASTER TIMEOUT       (JSON: when a new master serves)
+
+The URL and sentinel_kwargs carry the broker role's Celery user, as Airflow's do. watch-failover also
+asks the new master's ROLE, which Celery's user may not run (@dangerous): it logs in as the broker
+role's admin user from the JSON file BROKER_CLIENT_ADMIN ({"user": ..., "password": ...}), a test aid
+that no Airflow host has.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from celery import Celery
 
 CFG = Path(os.environ.get("BROKER_CLIENT_CFG", "/opt/broker-client/airflow.cfg"))
 DONE = Path(os.environ.get("BROKER_CLIENT_DONE", "/var/lib/broker-client/done"))
+ADMIN = Path(os.environ.get("BROKER_CLIENT_ADMIN", "/opt/broker-client/admin.json"))
 QUEUE = "probe"
 
 
@@ -114,15 +120,14 @@ def watch_failover(old_master: str, timeout: float) -> None:
     import redis  # redis-py, the library kombu's Sentinel transport uses
 
     options = airflow_celery_config()["broker_transport_options"]
-    sentinel_password = options["sentinel_kwargs"]["password"]
+    sentinel_kwargs = options["sentinel_kwargs"]
     master_name = options["master_name"]
     urls = airflow_celery_config()["broker_url"].split(";")
+    admin = json.loads(ADMIN.read_text())
     sentinels = []
-    password = None
     for url in urls:
         rest = url.split("://", 1)[1]
-        auth, _, hostport = rest.rpartition("@")
-        password = password or auth.split(":", 1)[1]
+        hostport = rest.rpartition("@")[2]
         host, _, port = hostport.split("/", 1)[0].partition(":")
         if host != old_master:
             sentinels.append((host, int(port or 26379)))
@@ -134,7 +139,8 @@ def watch_failover(old_master: str, timeout: float) -> None:
                 client = redis.Redis(
                     host=host,
                     port=port,
-                    password=sentinel_password,
+                    username=sentinel_kwargs.get("username"),
+                    password=sentinel_kwargs["password"],
                     socket_timeout=0.5,
                     socket_connect_timeout=0.5,
                 )
@@ -151,7 +157,8 @@ def watch_failover(old_master: str, timeout: float) -> None:
                 role = redis.Redis(
                     host=new,
                     port=int(addr[1]),
-                    password=password,
+                    username=admin["user"],
+                    password=admin["password"],
                     socket_timeout=0.5,
                     socket_connect_timeout=0.5,
                 ).execute_command("ROLE")

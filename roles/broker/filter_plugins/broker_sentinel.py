@@ -17,6 +17,7 @@ _MASTER_DEFAULTS = {
     "down_after_ms": "30000",
     "failover_timeout_ms": "180000",
     "parallel_syncs": "1",
+    "auth_user": "",
     "auth_pass": "",
     "quorum": "",
     "client_reconfig_script": "",
@@ -25,6 +26,8 @@ _GLOBAL_DEFAULTS = {
     "port": "26379",
     "bind": [],
     "requirepass": "",
+    "aclfile": "",
+    "sentinel_user": "",
     "sentinel_pass": "",
     "announce_ip": "",
 }
@@ -127,11 +130,15 @@ def broker_sentinel_state(content: str, master_name: str, marker: str) -> dict[s
             settings["bind"] = args[1:]
         elif name == "requirepass" and len(args) == 2:
             settings["requirepass"] = args[1]
+        elif name == "aclfile" and len(args) == 2:
+            settings["aclfile"] = args[1]
         elif name == "sentinel" and len(args) >= 2:
             option = args[1].lower()
             rest = args[2:]
             if option == "sentinel-pass" and len(rest) == 1:
                 settings["sentinel_pass"] = rest[0]
+            elif option == "sentinel-user" and len(rest) == 1:
+                settings["sentinel_user"] = rest[0]
             elif option == "announce-ip" and len(rest) == 1:
                 settings["announce_ip"] = rest[0]
             elif option in _RUNTIME_GLOBAL_OPTIONS:
@@ -143,6 +150,8 @@ def broker_sentinel_state(content: str, master_name: str, marker: str) -> dict[s
                     settings["quorum"] = values[2]
                 elif option == "auth-pass" and len(values) == 1:
                     settings["auth_pass"] = values[0]
+                elif option == "auth-user" and len(values) == 1:
+                    settings["auth_user"] = values[0]
                 elif option == "down-after-milliseconds" and len(values) == 1:
                     settings["down_after_ms"] = values[0]
                 elif option == "failover-timeout" and len(values) == 1:
