@@ -171,6 +171,8 @@ def _render(tmp_path: Path, **extra) -> dict[str, str]:
     variables = {
         **yaml.safe_load((REPO / "roles/broker/defaults/main.yml").read_text()),
         **yaml.safe_load((REPO / "roles/airflow_common/defaults/main.yml").read_text()),
+        # The role's own computed values the template reads (the DB URL's query string).
+        **yaml.safe_load((REPO / "roles/airflow_common/vars/main.yml").read_text()),
         **PASSWORDS,
         **AIRFLOW,
         "broker_sentinel_enabled": True,
