@@ -470,8 +470,9 @@ def test_every_runbook_named_exists():
 
 
 def test_the_playbook_reports_unreachable_hosts_and_a_stopped_unit_and_fails(tmp_path: Path):
-    """No SSH anywhere: two hosts at a closed port (unreachable), and this machine as a worker
-    (a local connection), whose airflow-worker unit is not running here."""
+    """No SSH anywhere: three hosts at a closed port (unreachable), and this machine as a worker and
+    scheduler (a local connection), whose units do not run here. The VIP and the failover mode come
+    from the groups' own vars, which the summary play on localhost does not read itself."""
     inventory = tmp_path / "hosts.yml"
     unreachable = {"ansible_host": "127.0.0.1", "ansible_port": 1, "ansible_user": "nobody"}
     inventory.write_text(
@@ -481,6 +482,7 @@ def test_the_playbook_reports_unreachable_hosts_and_a_stopped_unit_and_fails(tmp
                     "hosts": {
                         "gone-db": unreachable,
                         "gone-broker": unreachable,
+                        "gone-lb": {**unreachable, "loadbalancer_vip": "10.9.9.9/24"},
                         "here-worker": {
                             "ansible_connection": "local",
                             "ansible_become": False,
@@ -490,6 +492,11 @@ def test_the_playbook_reports_unreachable_hosts_and_a_stopped_unit_and_fails(tmp
                         "airflow_metadata_db": {"hosts": {"gone-db": None}},
                         "airflow_broker": {"hosts": {"gone-broker": None}},
                         "airflow_worker": {"hosts": {"here-worker": None}},
+                        "airflow_loadbalancer": {"hosts": {"gone-lb": None}},
+                        "airflow_scheduler": {
+                            "hosts": {"here-worker": None},
+                            "vars": {"scheduler_failover_mode": "active_standby"},
+                        },
                     },
                 }
             }
@@ -503,4 +510,8 @@ def test_the_playbook_reports_unreachable_hosts_and_a_stopped_unit_and_fails(tmp
     assert "docs/runbooks/frozen-or-partitioned-host.md" in out
     assert "here-worker: airflow-worker is" in out, out
     assert "docs/runbooks/worker-failure.md" in out
+    assert "Load balancers (VIP 10.9.9.9)" in out
+    assert "gone-lb: 0 load balancers hold the VIP 10.9.9.9" in out
+    assert "failover leader NONE" in out
+    assert "here-worker: the failover controller has no live leader" in out
     assert set(re.findall(r"\bchanged=(\d+)", out)) == {"0"}, out
