@@ -14,6 +14,24 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+# A replicated cluster: three DB/etcd/broker hosts (two also load balancers), an api-server and
+# scheduler host and a worker, with a VIP. Rendering tests use it as their inventory.
+HA_INVENTORY = """
+all:
+  vars: {loadbalancer_vip: 10.9.0.100}
+  children:
+    airflow_metadata_db:
+      hosts: {i1: {airflow_node_address: 10.9.0.11}, i2: {airflow_node_address: 10.9.0.12},
+              i3: {airflow_node_address: 10.9.0.13}}
+    airflow_etcd: {hosts: {i1: {}, i2: {}, i3: {}}}
+    airflow_broker: {hosts: {i1: {}, i2: {}, i3: {}}}
+    airflow_loadbalancer: {hosts: {i1: {}, i2: {}}}
+    airflow_webserver: {hosts: {a1: {airflow_node_address: 10.9.0.21}}}
+    airflow_scheduler: {hosts: {a1: {}}}
+    airflow_worker: {hosts: {w1: {airflow_node_address: 10.9.0.31}}}
+"""
+
+
 def tool(name: str) -> str:
     """A command from the project's venv (the one running pytest)."""
     path = Path(sys.executable).with_name(name)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from helpers import REPO, run_playbook
+from helpers import HA_INVENTORY, REPO, run_playbook
 
 INVENTORY = """
 all:
@@ -49,22 +49,6 @@ def test_cluster_vars_loaded_for_the_lab_inventory():
     # The lab has load balancers sharing a VIP: the API and PostgreSQL go through it.
     assert shown["api_url"] == "http://172.30.10.10:8080"
     assert shown["db_host"] == "172.30.10.10"
-
-
-HA_INVENTORY = """
-all:
-  vars: {loadbalancer_vip: 10.9.0.100}
-  children:
-    airflow_metadata_db:
-      hosts: {i1: {airflow_node_address: 10.9.0.11}, i2: {airflow_node_address: 10.9.0.12},
-              i3: {airflow_node_address: 10.9.0.13}}
-    airflow_etcd: {hosts: {i1: {}, i2: {}, i3: {}}}
-    airflow_broker: {hosts: {i1: {}, i2: {}, i3: {}}}
-    airflow_loadbalancer: {hosts: {i1: {}, i2: {}}}
-    airflow_webserver: {hosts: {a1: {airflow_node_address: 10.9.0.21}}}
-    airflow_scheduler: {hosts: {a1: {}}}
-    airflow_worker: {hosts: {w1: {airflow_node_address: 10.9.0.31}}}
-"""
 
 
 def test_ha_inventory_goes_through_the_vip_and_the_sentinels(tmp_path):

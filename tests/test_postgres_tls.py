@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from cryptography import x509
 
-from helpers import REPO, ansible_env, run_playbook, tool
+from helpers import HA_INVENTORY, REPO, ansible_env, run_playbook, tool
 
 SECRETS = {
     "db_password": "dbpassword0123456789ab",
@@ -87,21 +87,6 @@ RENDER_PLAY = """
         dest: "{{ out }}/{{ inventory_hostname }}.dsn"
         mode: "0644"
       tags: [render]
-"""
-
-HA_INVENTORY = """
-all:
-  vars: {loadbalancer_vip: 10.9.0.100}
-  children:
-    airflow_metadata_db:
-      hosts: {i1: {airflow_node_address: 10.9.0.11}, i2: {airflow_node_address: 10.9.0.12},
-              i3: {airflow_node_address: 10.9.0.13}}
-    airflow_etcd: {hosts: {i1: {}, i2: {}, i3: {}}}
-    airflow_broker: {hosts: {i1: {}, i2: {}, i3: {}}}
-    airflow_loadbalancer: {hosts: {i1: {}, i2: {}}}
-    airflow_webserver: {hosts: {a1: {airflow_node_address: 10.9.0.21}}}
-    airflow_scheduler: {hosts: {a1: {}}}
-    airflow_worker: {hosts: {w1: {airflow_node_address: 10.9.0.31}}}
 """
 
 ONE_HOST_INVENTORY = """

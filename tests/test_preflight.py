@@ -144,7 +144,11 @@ def test_host_with_a_skewed_clock_is_refused(tmp_path, monkeypatch):
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     fake_date = fake_bin / "date"
-    fake_date.write_text('#!/bin/sh\nexec /bin/date -d "@$(( $(/bin/date +%s) + 30 ))" "$@"\n')
+    # To the nanosecond: whole seconds alone would make it 29 to 30 s ahead, and the lower bound the
+    # check reports could fall under 29 s on a loaded machine.
+    fake_date.write_text(
+        '#!/bin/sh\nnow=$(/bin/date +%s.%N)\nexec /bin/date -d "@$(( ${now%.*} + 30 )).${now#*.}" "$@"\n'
+    )
     fake_date.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
     hosts = {"skewed": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}}
