@@ -12,7 +12,7 @@ LAB_INVENTORY ?= inventories/lab
 SCENARIO  ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup venv docker image lint test unit molecule molecule-failover e2e lab lab-destroy bench bench-failover chaos clean
+.PHONY: help setup venv docker image lint test unit molecule molecule-failover e2e lab lab-destroy status bench bench-failover chaos clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ lab: setup ## Deploy the full cluster into local containers and print where to r
 
 lab-destroy: venv ## Remove the lab's containers and network (nothing else)
 	airflow-ha-lab destroy --inventory $(LAB_INVENTORY)
+
+status: venv ## One table of the running lab's health; fails naming each problem and its runbook
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/status.yml
 
 bench: setup ## Deploy times, then each tier's failover time in the lab; writes docs/benchmarks.md
 	$(BIN)/python -m airflow_ha.bench --inventory $(LAB_INVENTORY) --write docs/benchmarks.md

@@ -415,6 +415,7 @@ def _debug_json(stdout: str) -> Any:
         ("lookup", "tree_checksums"),
         ("lookup", "role_argument_specs"),
         ("lookup", "fernet_key"),
+        ("filter", "cluster_status"),
     ],
 )
 def test_every_plugin_is_documented(kind, name):

@@ -145,6 +145,38 @@ def test_every_scheduler_is_alive(lab, api):
         _sh(host, "/usr/local/bin/airflow jobs check --job-type SchedulerJob --hostname $(hostname -f)", 90)
 
 
+def test_status_is_healthy_then_names_a_stopped_worker(lab):
+    """playbooks/status.yml (`make status`, docs/runbooks/cluster-status.md) over SSH like any inventory:
+    the healthy lab exits 0 and its table names every host and the Patroni leader; with one worker's
+    unit stopped it exits non-zero naming that host, the problem and its runbook page. One fault only
+    (time): tests/test_status.py judges every tier's faults from recorded outputs."""
+    result = labmod.run_playbook(lab, "playbooks/status.yml")
+    assert result.returncode == 0, "status.yml found a problem in the healthy lab (output above)"
+    for host in lab.hosts:
+        assert f'"  {host.name} ' in result.stdout, f"{host.name} is not in the table"
+    leaders = re.findall(r'^\s*"  (\S+)\s+\S+\s+Leader\s+running\s', result.stdout, re.M)
+    assert len(leaders) == 1, f"the table names {leaders} as Patroni leader"
+    assert leaders[0] in lab.groups["airflow_metadata_db"]
+    assert "Problems: none" in result.stdout
+
+    worker = lab.groups["airflow_worker"][0]
+    subprocess.run(["docker", "exec", worker, "systemctl", "stop", "airflow-worker"], check=True, timeout=660)
+    try:
+        result = labmod.run_playbook(lab, "playbooks/status.yml")
+        assert result.returncode != 0, "status.yml did not fail with a worker stopped"
+        assert re.search(rf"ERROR {worker}: airflow-worker is (inactive|failed)", result.stdout), (
+            result.stdout[-3000:]
+        )
+        assert f"ERROR {worker}: its Celery worker does not answer a ping" in result.stdout
+        assert "docs/runbooks/worker-failure.md" in result.stdout
+        others = [f"ERROR {h}:" for h in lab.groups["airflow_worker"][1:]]
+        assert not [o for o in others if o in result.stdout], "another worker was reported too"
+    finally:
+        subprocess.run(
+            ["docker", "exec", worker, "systemctl", "start", "airflow-worker"], check=True, timeout=60
+        )
+
+
 def test_logins_and_tokens_work_the_same_on_every_api_server(lab):
     """Users live in the database and tokens are signed with the shared JWT secret: a token one
     api-server issued is good on the other; a wrong password and a missing token are refused."""
