@@ -132,7 +132,7 @@ def test_a_dag_file_synced_with_the_dags_tag_is_visible_within_seconds(lab, api)
         path.unlink(missing_ok=True)
         probe_on_host = f"/opt/airflow/dags/{PROBE_DAG_ID}.py"
         for host in lab.groups["airflow_scheduler"] + lab.groups["airflow_worker"]:
-            subprocess.run(["docker", "exec", host, "rm", "-f", probe_on_host], check=False)
+            docker_hosts.exec_in(host, "rm", "-f", probe_on_host, check=False)
 
 
 def test_every_scheduler_is_alive(lab, api):
@@ -211,8 +211,7 @@ def _sh(host: str, script: str, timeout: float = 30) -> str:
 def _db_primary(lab) -> str:
     for host in lab.groups["airflow_metadata_db"]:
         psql = ["runuser", "-u", "postgres", "--", "psql", "-tAc", "SELECT pg_is_in_recovery()"]
-        done = subprocess.run(["docker", "exec", host, *psql], capture_output=True, text=True, timeout=30)
-        if done.stdout.strip() == "f":
+        if docker_hosts.exec_in(host, *psql, check=False).strip() == "f":
             return host
     raise AssertionError("no PostgreSQL primary among the database hosts")
 
