@@ -23,6 +23,7 @@ from helpers import HA_INVENTORY, REPO, ansible_env, run_playbook, tool
 
 SECRETS = {
     "db_password": "dbpassword0123456789ab",
+    "db_celery_password": "celerypassword01234567",
     "db_replication_password": "replpassword0123456789",
     "db_superuser_password": "superpassword012345678",
     "db_patroni_api_password": "apipassword01234567890",
@@ -100,11 +101,11 @@ all:
 """
 
 
-def render(tmp: Path, inventory_text: str, *extra: str) -> dict[str, str]:
+def render(tmp: Path, inventory_text: str, *extra: str, play: str = RENDER_PLAY) -> dict[str, str]:
     """Every host's rendered files (name -> text) for the inventory."""
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "hosts.yml").write_text(inventory_text)
-    (tmp / "render.yml").write_text(RENDER_PLAY)
+    (tmp / "render.yml").write_text(play)
     (tmp / "group_vars").symlink_to(REPO / "group_vars")
     for name in ("ca.crt", "host.crt", "host.key"):
         (tmp / name).write_text(f"-----BEGIN STAND-IN {name}-----\n")

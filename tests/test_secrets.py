@@ -77,6 +77,7 @@ PASSWORDS = {
     "jwt_secret",
     "api_secret_key",
     "db_password",
+    "db_celery_password",
     "broker_password",
     "admin_password",
     "db_replication_password",
