@@ -371,6 +371,33 @@ def test_a_worker_holds_none_of_the_api_servers_or_schedulers_secrets(lab, api):
         )
 
 
+def test_the_airflow_database_user_cannot_touch_the_failover_lease(lab):
+    """Issue 12: on each scheduler host, as `airflow` with airflow.cfg's database login, the
+    failover controllers' schema is refused (it exists in either mode); in active_standby the
+    controllers log in as their own user."""
+    script = (
+        "import configparser, psycopg2\n"
+        "c = configparser.ConfigParser(interpolation=None); c.read('/opt/airflow/airflow.cfg')\n"
+        "url = c['database']['sql_alchemy_conn'].removeprefix('postgresql+psycopg2://').replace('%%', '%')\n"
+        "conn = psycopg2.connect('postgresql://' + url); conn.autocommit = True\n"
+        "print('connected', flush=True)\n"
+        "conn.cursor().execute('UPDATE airflow_ha.airflow_ha_lease SET paused = true')\n"
+    )
+    for host in lab.groups["airflow_scheduler"]:
+        done = subprocess.run(
+            ["docker", "exec", "-u", "airflow", host, "/opt/airflow/venv/bin/python", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "connected" in done.stdout, (host, done.stderr[-600:])
+        assert done.returncode != 0, host
+        assert "permission denied for schema airflow_ha" in done.stderr, (host, done.stderr[-600:])
+        # The controller's DSN (active_standby only; the lab's default mode has none).
+        dsn = docker_hosts.exec_in(host, "cat", "/etc/airflow-ha/failover.dsn", check=False)
+        assert dsn == "" or dsn.startswith("postgresql://airflow_ha_failover:"), host
+
+
 def test_planned_database_switchover_fails_no_task(lab, api):
     """playbooks/db-switchover.yml while DAG runs are in flight (docs/runbooks/database-switchover.md)."""
     api.wait_for_dag(DAG)

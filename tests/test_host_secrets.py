@@ -130,3 +130,17 @@ def test_pg_hba_lets_the_celery_user_into_its_own_database_only(ha):
     assert all(r[:3] == ["hostssl", "airflow_celery", "airflow_celery"] for r in celery), celery
     assert {r[3] for r in celery} >= {"10.9.0.31/32", "10.9.0.21/32"}
     assert all(r[4] == "scram-sha-256" for r in celery)
+
+
+def test_the_failover_controllers_log_in_as_their_own_user_to_their_schema(ha):
+    dsn = urlsplit(ha["a1.dsn"].strip())
+    assert dsn.username == "airflow_ha_failover"
+    assert unquote(dsn.password or "") == SECRETS["db_failover_password"]
+    assert SECRETS["db_password"] not in ha["a1.dsn"]
+    assert dsn.path == "/airflow"
+    assert parse_qs(dsn.query)["options"] == ["-csearch_path=airflow_ha"]
+    # pg_hba: the controllers' role reaches the Airflow database only.
+    rules = [line.split() for line in json.loads(ha["i1.db.json"])["patroni"]["postgresql"]["pg_hba"]]
+    failover = [r for r in rules if r[2] == "airflow_ha_failover"]
+    assert failover, rules
+    assert {tuple(r[:2]) for r in failover} == {("hostssl", "airflow")}

@@ -24,6 +24,7 @@ from helpers import HA_INVENTORY, REPO, ansible_env, run_playbook, tool
 SECRETS = {
     "db_password": "dbpassword0123456789ab",
     "db_celery_password": "celerypassword01234567",
+    "db_failover_password": "failoverpassword012345",
     "db_replication_password": "replpassword0123456789",
     "db_superuser_password": "superpassword012345678",
     "db_patroni_api_password": "apipassword01234567890",
@@ -246,7 +247,11 @@ def test_airflow_and_the_failover_controller_verify_the_server(ha, one_host, whi
         assert query["keepalives_idle"] == ["5"], name
     dsn = urlsplit(files[f"{host}.dsn"])
     assert dsn.netloc.endswith(f"@{address}")
-    assert parse_qs(dsn.query) == {"sslmode": ["verify-full"], "sslrootcert": ["/etc/airflow/ca.crt"]}
+    assert parse_qs(dsn.query) == {
+        "options": ["-csearch_path=airflow_ha"],
+        "sslmode": ["verify-full"],
+        "sslrootcert": ["/etc/airflow/ca.crt"],
+    }
 
 
 def test_without_tls_nothing_changes_for_the_clients_and_pg_hba(tmp_path):
@@ -254,7 +259,7 @@ def test_without_tls_nothing_changes_for_the_clients_and_pg_hba(tmp_path):
     for url in airflow_urls(files["a1.airflow.cfg"]).values():
         assert "sslmode" not in url
         assert "sslrootcert" not in url
-    assert "?" not in files["a1.dsn"]
+    assert "ssl" not in files["a1.dsn"]
     config = json.loads(files["i1.db.json"])["patroni"]
     assert "ssl" not in config["postgresql"]["parameters"]
     assert "sslmode" not in config["postgresql"]["authentication"]["replication"]

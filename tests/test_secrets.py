@@ -78,6 +78,7 @@ PASSWORDS = {
     "api_secret_key",
     "db_password",
     "db_celery_password",
+    "db_failover_password",
     "broker_password",
     "admin_password",
     "db_replication_password",
