@@ -35,6 +35,7 @@ AIRFLOW = {
     "airflow_common_broker_host": "10.0.0.1",
     "airflow_common_db_host": "10.0.0.9",
     "airflow_common_db_password": "x" * 24,
+    "airflow_common_celery_db_password": "c" * 24,
     "airflow_common_fernet_key": "k" * 44,
     "airflow_common_jwt_secret": "j" * 48,
     "airflow_common_api_secret_key": "s" * 48,

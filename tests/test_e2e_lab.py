@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -411,6 +412,90 @@ def test_every_database_connection_over_the_network_is_tls(lab, api):
     assert [r for r in rows if r[3] != "t"] == [], rows
 
 
+def test_a_worker_holds_none_of_the_api_servers_or_schedulers_secrets(lab, api):
+    """Issue 12: as `airflow` (the user tasks run as) on each worker, no readable file under /etc or
+    /opt holds the metadata DB password, the fernet key, the JWT secret or the API secret key (root
+    finds the API key in the log server's own file alone); the result backend's user reaches its
+    own database and is refused the metadata database; tasks run and their logs are fetched."""
+    secrets = yaml.safe_load(lab.secrets_file.read_text())
+    patterns = "".join(
+        secrets[k] + "\n" for k in ("db_password", "fernet_key", "jwt_secret", "api_secret_key")
+    )
+    run_id, tis = _run_sample(api)
+    ti = next(t for t in tis if t["task_id"] == "report_host")
+    run = quote(run_id, safe="")
+    log = api.get(
+        f"/api/v2/dags/{DAG}/dagRuns/{run}/taskInstances/report_host/logs/{ti['try_number']}",
+        map_index=ti.get("map_index", -1),
+        full_content="true",
+    )
+    assert f"ran on {ti['hostname']}" in json.dumps(log), "the api-server did not fetch the task's log"
+
+    def grep(host: str, *user: str, paths: tuple[str, ...] = ("/etc", "/opt")) -> list[str]:
+        done = subprocess.run(
+            ["docker", "exec", "-i", *user, host, "grep", "-rlsF", "-f", "/dev/stdin", *paths],
+            input=patterns,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        return done.stdout.split()
+
+    connect = (
+        "import configparser, psycopg2\n"
+        "c = configparser.ConfigParser(interpolation=None); c.read('/opt/airflow/airflow.cfg')\n"
+        "url = c['celery']['result_backend'].removeprefix('db+postgresql+psycopg2://').replace('%%', '%')\n"
+        "base, q, query = url.partition('?')\n"
+        "psycopg2.connect('postgresql://' + url).close()\n"
+        "print('own database: connected', flush=True)\n"
+        "psycopg2.connect('postgresql://' + base.rsplit('/', 1)[0] + '/airflow' + q + query)\n"
+    )
+    for host in lab.groups["airflow_worker"]:
+        assert grep(host, "-u", "airflow") == [], host
+        assert grep(host, paths=("/etc/airflow", "/etc/airflow-logs", "/opt/airflow")) == [
+            "/etc/airflow-logs/airflow.cfg"
+        ], host
+        done = subprocess.run(
+            ["docker", "exec", "-u", "airflow", host, "/opt/airflow/venv/bin/python", "-c", connect],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "own database: connected" in done.stdout, (host, done.stderr[-600:])
+        assert done.returncode != 0, host
+        assert "no pg_hba.conf entry" in done.stderr or "permission denied for database" in done.stderr, (
+            host,
+            done.stderr[-600:],
+        )
+
+
+def test_the_airflow_database_user_cannot_touch_the_failover_lease(lab):
+    """Issue 12: on each scheduler host, as `airflow` with airflow.cfg's database login, the
+    failover controllers' schema is refused (it exists in either mode); in active_standby the
+    controllers log in as their own user."""
+    script = (
+        "import configparser, psycopg2\n"
+        "c = configparser.ConfigParser(interpolation=None); c.read('/opt/airflow/airflow.cfg')\n"
+        "url = c['database']['sql_alchemy_conn'].removeprefix('postgresql+psycopg2://').replace('%%', '%')\n"
+        "conn = psycopg2.connect('postgresql://' + url); conn.autocommit = True\n"
+        "print('connected', flush=True)\n"
+        "conn.cursor().execute('UPDATE airflow_ha.airflow_ha_lease SET paused = true')\n"
+    )
+    for host in lab.groups["airflow_scheduler"]:
+        done = subprocess.run(
+            ["docker", "exec", "-u", "airflow", host, "/opt/airflow/venv/bin/python", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "connected" in done.stdout, (host, done.stderr[-600:])
+        assert done.returncode != 0, host
+        assert "permission denied for schema airflow_ha" in done.stderr, (host, done.stderr[-600:])
+        # The controller's DSN (active_standby only; the lab's default mode has none).
+        dsn = docker_hosts.exec_in(host, "cat", "/etc/airflow-ha/failover.dsn", check=False)
+        assert dsn == "" or dsn.startswith("postgresql://airflow_ha_failover:"), host
+
+
 def test_planned_database_switchover_fails_no_task(lab, api):
     """playbooks/db-switchover.yml while DAG runs are in flight (docs/runbooks/database-switchover.md)."""
     api.wait_for_dag(DAG)
@@ -487,6 +572,7 @@ SERVICE_PORTS = {22, 2379, 2380, 5432, 5433, 6379, 8008, 8080, 8404, 8793, 8794,
 OUTSIDER_PROBE = """
 import json, socket, sys
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
 targets = [tuple(t) for t in json.loads(sys.argv[1])]
 def answers(target):
     try:

@@ -23,6 +23,8 @@ from helpers import HA_INVENTORY, REPO, ansible_env, run_playbook, tool
 
 SECRETS = {
     "db_password": "dbpassword0123456789ab",
+    "db_celery_password": "celerypassword01234567",
+    "db_failover_password": "failoverpassword012345",
     "db_replication_password": "replpassword0123456789",
     "db_superuser_password": "superpassword012345678",
     "db_patroni_api_password": "apipassword01234567890",
@@ -100,11 +102,11 @@ all:
 """
 
 
-def render(tmp: Path, inventory_text: str, *extra: str) -> dict[str, str]:
+def render(tmp: Path, inventory_text: str, *extra: str, play: str = RENDER_PLAY) -> dict[str, str]:
     """Every host's rendered files (name -> text) for the inventory."""
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "hosts.yml").write_text(inventory_text)
-    (tmp / "render.yml").write_text(RENDER_PLAY)
+    (tmp / "render.yml").write_text(play)
     (tmp / "group_vars").symlink_to(REPO / "group_vars")
     for name in ("ca.crt", "host.crt", "host.key"):
         (tmp / name).write_text(f"-----BEGIN STAND-IN {name}-----\n")
@@ -245,7 +247,11 @@ def test_airflow_and_the_failover_controller_verify_the_server(ha, one_host, whi
         assert query["keepalives_idle"] == ["5"], name
     dsn = urlsplit(files[f"{host}.dsn"])
     assert dsn.netloc.endswith(f"@{address}")
-    assert parse_qs(dsn.query) == {"sslmode": ["verify-full"], "sslrootcert": ["/etc/airflow/ca.crt"]}
+    assert parse_qs(dsn.query) == {
+        "options": ["-csearch_path=airflow_ha"],
+        "sslmode": ["verify-full"],
+        "sslrootcert": ["/etc/airflow/ca.crt"],
+    }
 
 
 def test_without_tls_nothing_changes_for_the_clients_and_pg_hba(tmp_path):
@@ -253,7 +259,7 @@ def test_without_tls_nothing_changes_for_the_clients_and_pg_hba(tmp_path):
     for url in airflow_urls(files["a1.airflow.cfg"]).values():
         assert "sslmode" not in url
         assert "sslrootcert" not in url
-    assert "?" not in files["a1.dsn"]
+    assert "ssl" not in files["a1.dsn"]
     config = json.loads(files["i1.db.json"])["patroni"]
     assert "ssl" not in config["postgresql"]["parameters"]
     assert "sslmode" not in config["postgresql"]["authentication"]["replication"]

@@ -252,3 +252,43 @@ def test_verify_full_set_by_the_inventory_passes_the_sslmode_checks(tmp_path):
     # The shared checks ran (they report every failure they find) and found no sslmode to refuse.
     assert "Checks shared by the Airflow roles" in proc.stdout, proc.stdout[-4000:]
     assert "TLS to the database is on" not in proc.stdout, proc.stdout[-4000:]
+
+
+# Each host gets only the secrets its components need: a worker-only host's airflow.cfg must not
+# get a secret back through airflow_common_config_extra; the result backend needs its own user.
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            {"airflow_common_config_extra": {"core": {"fernet_key": "secretpw"}}},
+            "w1 runs only a Celery worker, where task code can read airflow.cfg, but "
+            "airflow_common_config_extra sets [core] fernet_key there",
+        ),
+        (
+            {"airflow_common_config_extra": {"api_auth": {"jwt_secret": "secretpw"}}},
+            "airflow_common_config_extra sets [api_auth] jwt_secret there",
+        ),
+        (
+            {"airflow_common_celery_db_user": "airflow"},
+            "must differ from airflow_common_db_user/_name (airflow, airflow)",
+        ),
+        (
+            {"airflow_common_log_server_user": "airflow"},
+            "airflow_common_log_server_user is 'airflow': the worker's log server holds the API secret key",
+        ),
+    ],
+)
+def test_a_secret_for_a_worker_only_host_is_refused(tmp_path, override, message):
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {
+        "h1": local | {"airflow_node_address": "192.0.2.9"},
+        "w1": local | {"airflow_node_address": "192.0.2.10"},
+    }
+    inventory = write_inventory(
+        tmp_path / "inv", hosts, {g: ["h1"] for g in GROUPS} | {"airflow_worker": ["w1"]}
+    )
+    (tmp_path / "override.json").write_text(json.dumps(override))
+    proc = run_playbook(inventory, "playbooks/preflight.yml", "-e", f"@{tmp_path / 'override.json'}")
+    assert message in proc.stdout, proc.stdout[-4000:]
+    assert "secretpw" not in proc.stdout
+    assert_nothing_changed(proc, inventory)

@@ -77,6 +77,8 @@ PASSWORDS = {
     "jwt_secret",
     "api_secret_key",
     "db_password",
+    "db_celery_password",
+    "db_failover_password",
     "broker_password",
     "admin_password",
     "db_replication_password",

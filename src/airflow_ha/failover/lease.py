@@ -34,18 +34,14 @@ Semantics of the flags:
 
 All timestamps shown by ``status`` are differences computed by the database (``now() - x``).
 
-Who can write the lease (a known gap, not closed yet): the controller connects with
-``scheduler_failover_db_user``, which defaults to Airflow's own database user, and creates these
-tables as that user, so every process holding Airflow's database credentials (DAG code on the
-dag-processor and triggerer can read ``airflow.cfg``) can also take, pause, release or step down the
-lease and forge member rows. What that buys: control over which host runs the guarded units, or
-none at all (an availability attack, like deleting Airflow's own rows with the same credentials);
-no code execution, because the controller turns what it reads here only into start/stop of the
-fixed units of its root-owned ``failover.toml``. Closing it needs a database role of its own for
-the controllers (its own password in the secrets file, created by the metadata_db role with a
-schema it owns, ``REVOKE ALL ON SCHEMA ... FROM PUBLIC``, a pg_hba entry), these tables moved into
-that schema, and a deploy that stops every controller before the first one uses the new tables
-(a controller on the old tables and one on the new would each see a free lease).
+Who can write the lease: the controller connects as ``scheduler_failover_db_user``, a database role
+of its own (``airflow_ha_failover``, created by the metadata_db role), whose DSN puts the schema it
+owns (``airflow_ha``) first on the search_path, so the unqualified table names below resolve there.
+Airflow's own database user, whose password DAG code on the dag-processor and triggerer hosts can
+read in ``airflow.cfg``, has no right on that schema: it cannot take, pause, release or step down the
+lease, nor forge member rows. Tables an older release created in ``public`` as Airflow's user are
+moved into the schema by the metadata_db role (docs/security.md, "Which host holds which secret",
+says what happens while old controllers still run).
 """
 
 from __future__ import annotations
