@@ -252,3 +252,26 @@ def test_verify_full_set_by_the_inventory_passes_the_sslmode_checks(tmp_path):
     # The shared checks ran (they report every failure they find) and found no sslmode to refuse.
     assert "Checks shared by the Airflow roles" in proc.stdout, proc.stdout[-4000:]
     assert "TLS to the database is on" not in proc.stdout, proc.stdout[-4000:]
+
+
+def test_a_plain_http_api_url_with_tls_on_is_refused(tmp_path):
+    # TLS on (the default) and an inventory that sets the API URL to http://: refused by the shared
+    # host checks, before the secrets and before any host changes.
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {"h1": local | {"airflow_node_address": "192.0.2.9"}}
+    inventory = write_inventory(tmp_path / "inv", hosts, {g: ["h1"] for g in GROUPS})
+    (tmp_path / "override.json").write_text(json.dumps({"airflow_api_url": "HTTP://192.0.2.9:8080"}))
+    proc = run_playbook(inventory, "playbooks/preflight.yml", "-e", f"@{tmp_path / 'override.json'}")
+    message = "TLS on the API is on (airflow_tls_enabled), but the API URL is 'HTTP://192.0.2.9:8080'"
+    assert message in proc.stdout, proc.stdout[-4000:]
+    assert_nothing_changed(proc, inventory)
+    assert not (inventory / ".secrets").exists(), "secrets were generated before the settings were checked"
+
+
+def test_the_default_https_api_url_passes_the_api_check(tmp_path):
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {"h1": local | {"airflow_node_address": "192.0.2.9"}}
+    inventory = write_inventory(tmp_path / "inv", hosts, {g: ["h1"] for g in GROUPS})
+    proc = run_playbook(inventory, "playbooks/preflight.yml")
+    assert "Checks shared by the Airflow roles" in proc.stdout, proc.stdout[-4000:]
+    assert "TLS on the API is on" not in proc.stdout, proc.stdout[-4000:]
