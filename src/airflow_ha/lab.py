@@ -221,6 +221,7 @@ def destroy(lab: Lab) -> None:
 def summary(lab: Lab) -> str:
     rel = os.path.relpath(lab.secrets_file, Path.cwd())
     key = os.path.relpath(lab.key_file, Path.cwd())
+    ca = os.path.relpath(lab.ca_file, Path.cwd())
     apis = len(lab.groups["airflow_webserver"])
     front = "keepalived VIP, " if lab.vip else ""
     return "\n".join(
@@ -228,6 +229,7 @@ def summary(lab: Lab) -> str:
             "",
             "airflow-ha lab is up.",
             f"  API and UI:     {lab.api_url}  ({front}HAProxy in front of {apis} api-servers)",
+            *([f"  Cluster CA:     {ca}  (trust it, or curl --cacert it)"] if lab.tls else []),
             "  Admin user:     admin",
             f"  Admin password: key admin_password in {rel}",
             f"                  (grep admin_password {rel})",
