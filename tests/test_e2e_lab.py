@@ -53,7 +53,7 @@ def lab():
 @pytest.fixture(scope="module")
 def api(lab):
     secrets = yaml.safe_load(lab.secrets_file.read_text())
-    client = AirflowApi(lab.api_url, "admin", secrets["admin_password"])
+    client = AirflowApi(lab.api_url, "admin", secrets["admin_password"], verify=lab.api_verify)
     client.login()
     return client
 
@@ -281,11 +281,14 @@ def test_logins_and_tokens_work_the_same_on_every_api_server(lab):
     """Users live in the database and tokens are signed with the shared JWT secret: a token one
     api-server issued is good on the other; a wrong password and a missing token are refused."""
     password = yaml.safe_load(lab.secrets_file.read_text())["admin_password"]
-    servers = [f"http://{lab.address(host)}:8080" for host in lab.groups["airflow_webserver"]]
+    servers = [f"{lab.api_scheme}://{lab.address(host)}:8080" for host in lab.groups["airflow_webserver"]]
     tokens = []
+    verify = lab.api_verify
 
     def login(url: str, secret: str) -> requests.Response:
-        return requests.post(f"{url}/auth/token", json={"username": "admin", "password": secret}, timeout=10)
+        return requests.post(
+            f"{url}/auth/token", json={"username": "admin", "password": secret}, timeout=10, verify=verify
+        )
 
     for url in servers:
         answer = login(url, password)
@@ -293,9 +296,11 @@ def test_logins_and_tokens_work_the_same_on_every_api_server(lab):
         tokens.append(answer.json()["access_token"])
         wrong = login(url, "not-it")
         assert wrong.status_code in (401, 403), f"{url}: a wrong password got {wrong.status_code}"
-        assert requests.get(f"{url}/api/v2/dags", timeout=10).status_code == 401
+        assert requests.get(f"{url}/api/v2/dags", timeout=10, verify=verify).status_code == 401
     for token, url in zip(tokens, reversed(servers), strict=True):
-        dags = requests.get(f"{url}/api/v2/dags", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        dags = requests.get(
+            f"{url}/api/v2/dags", headers={"Authorization": f"Bearer {token}"}, timeout=10, verify=verify
+        )
         assert dags.status_code == 200, f"{url}: {dags.status_code}"
         assert DAG in {d["dag_id"] for d in dags.json()["dags"]}
 
@@ -386,11 +391,56 @@ def test_load_balancer_answers_with_one_api_server_stopped(lab, api):
     subprocess.run(["docker", "exec", stopped, "systemctl", "stop", "airflow-api-server"], check=True)
     try:
         time.sleep(5)  # HAProxy's health check takes the backend out within ~4 s
-        answers = [requests.get(f"{lab.api_url}/api/v2/monitor/health", timeout=5) for _ in range(20)]
+        answers = [
+            requests.get(f"{lab.api_url}/api/v2/monitor/health", timeout=5, verify=lab.api_verify)
+            for _ in range(20)
+        ]
         assert [r.status_code for r in answers] == [200] * 20
         assert api.get(f"/api/v2/dags/{DAG}")["dag_id"] == DAG
     finally:
         subprocess.run(["docker", "exec", stopped, "systemctl", "start", "airflow-api-server"], check=True)
+
+
+# On a worker, as the airflow user that runs tasks: the Execution API client's own SSL context
+# (task-sdk's Client, built from airflow.cfg) verifies chain and name and trusts the cluster CA
+# alone, and a call through it to the VIP succeeds.
+WORKER_API_CLIENT = """
+import ssl, sys
+from airflow.sdk.api import client
+ctx = client.Client._get_ssl_context_cached(client.API_SSL_CA_FILE_PATH, client.API_SSL_CERT_PATH)
+assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname, "no verification"
+assert len(ctx.get_ca_certs()) == 1, f"trusts {len(ctx.get_ca_certs())} CAs"
+api = sys.argv[1]
+with client.Client(base_url=api + "/execution/", token="none") as c:
+    print(c.get(api + "/api/v2/monitor/health").status_code)
+"""
+
+
+def test_the_api_is_https_only_and_verified_against_the_cluster_ca(lab, api):
+    """HTTPS at the VIP with a certificate the cluster CA vouches for (for the VIP's address), not
+    the system's CAs; plain HTTP gets no API at the VIP nor at any api-server; a worker's Execution
+    API client verifies the server against the cluster CA only."""
+    assert lab.api_url.startswith("https://")
+    health = f"{lab.api_url}/api/v2/monitor/health"
+    assert requests.get(health, timeout=10, verify=lab.api_verify).status_code == 200
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(health, timeout=10)
+    vip = lab.api_url.split("//")[1].rsplit(":", 1)[0]
+    for address in [vip] + [lab.address(h) for h in lab.groups["airflow_webserver"]]:
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(f"http://{address}:8080/api/v2/monitor/health", timeout=5)
+        if address != vip:  # each api-server itself: HTTPS with its own certificate
+            url = f"https://{address}:8080/api/v2/monitor/health"
+            assert requests.get(url, timeout=10, verify=lab.api_verify).status_code == 200
+    worker = lab.groups["airflow_worker"][0]
+    script = WORKER_API_CLIENT.replace("'", "'\\''")
+    out = _sh(
+        worker,
+        f"cd /tmp && runuser -u airflow -- env AIRFLOW_HOME=/opt/airflow /opt/airflow/venv/bin/python"
+        f" -c '{script}' {lab.api_url}",
+        timeout=120,
+    )
+    assert out.splitlines()[-1] == "200", out
 
 
 def test_every_database_connection_over_the_network_is_tls(lab, api):

@@ -36,7 +36,7 @@ def test_cluster_vars_loaded_for_a_fresh_inventory(tmp_path, playbook):
     assert shown["cluster_vars_loaded"] is True
     assert "airflow_worker" in shown["required_groups"]
     # Derived from the inventory by group_vars/all/cluster.yml: no load balancer, so the first api-server.
-    assert shown["api_url"] == "http://10.9.0.3:8080"
+    assert shown["api_url"] == "https://10.9.0.3:8080"
     assert shown["db_host"] == "10.9.0.1"
     assert shown["broker_host"] == "10.9.0.2"
 
@@ -47,7 +47,7 @@ def test_cluster_vars_loaded_for_the_lab_inventory():
     shown = _shown(proc.stdout)
     assert shown["cluster_vars_loaded"] is True
     # The lab has load balancers sharing a VIP: the API and PostgreSQL go through it.
-    assert shown["api_url"] == "http://172.30.10.10:8080"
+    assert shown["api_url"] == "https://172.30.10.10:8080"
     assert shown["db_host"] == "172.30.10.10"
 
 
@@ -57,7 +57,7 @@ def test_ha_inventory_goes_through_the_vip_and_the_sentinels(tmp_path):
     proc = run_playbook(inventory, "playbooks/show-config.yml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     shown = _shown(proc.stdout)
-    assert shown["api_url"] == "http://10.9.0.100:8080"
+    assert shown["api_url"] == "https://10.9.0.100:8080"
     # PostgreSQL through HAProxy on the VIP, on its own port (not 5432: it may share a host).
     assert shown["db_host"] == "10.9.0.100"
     assert int(shown["db_port"]) == 5433

@@ -13,5 +13,14 @@ def test_lab_inventory_is_read_with_addresses_groups_and_vip():
     assert {"lab-infra1", "lab-infra2", "lab-infra3", "lab-worker1", "lab-worker2"} <= names
     assert lab.address("lab-infra2") == "172.30.10.12"
     assert len(lab.groups["airflow_etcd"]) == 3
-    assert lab.api_url == "http://172.30.10.10:8080"
+    # TLS is on by default: HTTPS at the VIP, verified against the inventory's cluster CA.
+    assert lab.api_url == "https://172.30.10.10:8080"
+    assert lab.api_verify == str(lab.inventory / ".secrets" / "pki" / "ca.crt")
     assert "keepalived VIP" in labmod.summary(lab)
+
+
+def test_without_tls_the_lab_api_is_plain_http_with_default_verification():
+    lab = labmod.load_lab(labmod.REPO / "inventories" / "lab")
+    plain = labmod.Lab(**{**lab.__dict__, "tls": False})
+    assert plain.api_url == "http://172.30.10.10:8080"
+    assert plain.api_verify is True

@@ -301,12 +301,14 @@ def test_database_certificates_name_the_front_address_and_follow_it(tmp_path):
     assert ip_names(hosts / "db2.crt") == {"127.0.0.1", "192.0.2.12", "192.0.2.21"}
     assert ip_names(hosts / "wk1.crt") == {"127.0.0.1", "192.0.2.31"}
     before = {p.name: p.read_bytes() for p in hosts.glob("*.crt")}
-    # A VIP added later: the database hosts' certificates are issued again, naming it; no other.
+    # A VIP added later: the database hosts' certificates are issued again, naming it, and the load
+    # balancer's, which serves the API at the VIP over HTTPS (tests/test_api_https.py); no other.
     assert issue(tmp_path, "-e", "loadbalancer_vip=192.0.2.100") > 0
     assert ip_names(hosts / "db1.crt") == {"127.0.0.1", "192.0.2.11", "192.0.2.100"}
     after = {p.name: p.read_bytes() for p in hosts.glob("*.crt")}
-    assert {n for n in after if after[n] != before[n]} == {"db1.crt", "db2.crt"}
+    assert {n for n in after if after[n] != before[n]} == {"db1.crt", "db2.crt", "lb1.crt"}
     assert issue(tmp_path, "-e", "loadbalancer_vip=192.0.2.100") == 0
+    assert ip_names(hosts / "lb1.crt") == {"127.0.0.1", "192.0.2.21", "192.0.2.100"}
     assert ipaddress.ip_address("192.0.2.100") not in {
-        ipaddress.ip_address(a) for a in ip_names(hosts / "lb1.crt")
+        ipaddress.ip_address(a) for a in ip_names(hosts / "wk1.crt")
     }

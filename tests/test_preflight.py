@@ -292,3 +292,26 @@ def test_a_secret_for_a_worker_only_host_is_refused(tmp_path, override, message)
     assert message in proc.stdout, proc.stdout[-4000:]
     assert "secretpw" not in proc.stdout
     assert_nothing_changed(proc, inventory)
+
+
+def test_a_plain_http_api_url_with_tls_on_is_refused(tmp_path):
+    # TLS on (the default) and an inventory that sets the API URL to http://: refused by the shared
+    # host checks, before the secrets and before any host changes.
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {"h1": local | {"airflow_node_address": "192.0.2.9"}}
+    inventory = write_inventory(tmp_path / "inv", hosts, {g: ["h1"] for g in GROUPS})
+    (tmp_path / "override.json").write_text(json.dumps({"airflow_api_url": "HTTP://192.0.2.9:8080"}))
+    proc = run_playbook(inventory, "playbooks/preflight.yml", "-e", f"@{tmp_path / 'override.json'}")
+    message = "TLS on the API is on (airflow_tls_enabled), but the API URL is 'HTTP://192.0.2.9:8080'"
+    assert message in proc.stdout, proc.stdout[-4000:]
+    assert_nothing_changed(proc, inventory)
+    assert not (inventory / ".secrets").exists(), "secrets were generated before the settings were checked"
+
+
+def test_the_default_https_api_url_passes_the_api_check(tmp_path):
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {"h1": local | {"airflow_node_address": "192.0.2.9"}}
+    inventory = write_inventory(tmp_path / "inv", hosts, {g: ["h1"] for g in GROUPS})
+    proc = run_playbook(inventory, "playbooks/preflight.yml")
+    assert "Checks shared by the Airflow roles" in proc.stdout, proc.stdout[-4000:]
+    assert "TLS on the API is on" not in proc.stdout, proc.stdout[-4000:]

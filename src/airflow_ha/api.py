@@ -24,6 +24,12 @@ class AirflowApi:
     password: str
     timeout: float = 10.0
     session: requests.Session = field(default_factory=requests.Session)
+    # How the server's certificate is checked (requests' `verify`): the cluster CA's file for the
+    # cluster's HTTPS API (Lab.api_verify), True for the system's CAs.
+    verify: str | bool = True
+
+    def __post_init__(self) -> None:
+        self.session.verify = self.verify
 
     def login(self, wait: float = 120.0) -> None:
         """Get a JWT from the FAB auth manager's /auth/token, retrying while the API comes up."""

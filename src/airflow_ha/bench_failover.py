@@ -34,6 +34,7 @@ from airflow_ha import lab as labmod
 from airflow_ha.api import AirflowApi, ApiError
 from airflow_ha.chaos_faults import ChaosError
 from airflow_ha.chaos_lab import (
+    ControlTls,
     DbAddress,
     LabOps,
     http_status,
@@ -235,8 +236,10 @@ def _patroni_rejoined(ops: LabOps, host: str) -> bool:
     return cluster is not None and patroni_member_caught_up(cluster, host)
 
 
-def _http_ok(url: str, timeout: float = 1.0) -> bool:
-    return http_status(url, timeout) == 200
+def _http_ok(url: str, timeout: float = 1.0, lab: labmod.Lab | None = None) -> bool:
+    """GET `url` answers 200; with `lab`, an HTTPS URL is verified against the lab's cluster CA."""
+    tls = ControlTls(str(lab.ca_file)) if lab is not None and lab.tls else None
+    return http_status(url, timeout, tls) == 200
 
 
 def _broker_writable(ops: LabOps, password: str, port: int) -> bool:
@@ -294,8 +297,10 @@ def lab_tiers(ops: LabOps, names: Sequence[str], redis_port: int = 6379, api_por
             recovered_when=f"GET /api/v2/monitor/health at the VIP ({vip}) answers 200",
             target=5,
             victim=ops.vip_holder,
-            serving=lambda: _http_ok(f"{ops.lab.api_url}/api/v2/monitor/health"),
-            rejoined=lambda h: _http_ok(f"http://{ops.lab.address(h)}:{api_port}/api/v2/monitor/health", 2.0),
+            serving=lambda: _http_ok(f"{ops.lab.api_url}/api/v2/monitor/health", lab=ops.lab),
+            rejoined=lambda h: _http_ok(
+                f"{ops.lab.api_scheme}://{ops.lab.address(h)}:{api_port}/api/v2/monitor/health", 2.0, ops.lab
+            ),
         ),
     }
     unknown = [n for n in names if n not in available]
@@ -347,7 +352,8 @@ def outage_trial(
     finally:
         for host in webservers:
             ops.exec(host, "systemctl", "start", "airflow-api-server")
-    if wait_until(lambda: _http_ok(f"{ops.lab.api_url}/api/v2/monitor/health"), 180, 1.0) is None:
+    health = f"{ops.lab.api_url}/api/v2/monitor/health"
+    if wait_until(lambda: _http_ok(health, lab=ops.lab), 180, 1.0) is None:
         raise ChaosError("the API did not answer again within 180 s of the api-servers' start")
     api.login()
     run = api.wait_for_run(SAMPLE_DAG, run_id, wait=outage + margin + 600)
@@ -400,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     secrets = load_secrets(lab.secrets_file)
     ops = LabOps(
         lab=lab,
-        api=AirflowApi(lab.api_url, "admin", secrets["admin_password"]),
+        api=AirflowApi(lab.api_url, "admin", secrets["admin_password"], verify=lab.api_verify),
         secrets=secrets,
         hostvars=inventory_hostvars(args.inventory),
     )

@@ -643,9 +643,9 @@ def connect_lab(
     """LabOps and two API clients (the runner's, and the load's with a short timeout and a connection
     pool as large as the load's thread pool)."""
     secrets = load_secrets(lab.secrets_file)
-    api = AirflowApi(lab.api_url, "admin", secrets["admin_password"])
-    load_api = AirflowApi(lab.api_url, "admin", secrets["admin_password"], timeout=5.0)
-    load_api.session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=64))
+    api = AirflowApi(lab.api_url, "admin", secrets["admin_password"], verify=lab.api_verify)
+    load_api = AirflowApi(lab.api_url, "admin", secrets["admin_password"], timeout=5.0, verify=lab.api_verify)
+    load_api.session.mount(f"{lab.api_scheme}://", HTTPAdapter(pool_connections=4, pool_maxsize=64))
     ops = LabOps(
         lab=lab,
         api=api,

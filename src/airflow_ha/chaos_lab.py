@@ -1116,7 +1116,9 @@ class LabOps:
 
     def api_problems(self) -> list[str]:
         try:
-            resp = requests.get(f"{self.lab.api_url}/api/v2/monitor/health", timeout=5)
+            resp = requests.get(
+                f"{self.lab.api_url}/api/v2/monitor/health", timeout=5, verify=self.lab.api_verify
+            )
         except requests.RequestException as exc:
             return [f"API not answering: {exc.__class__.__name__}"]
         if resp.status_code != 200:

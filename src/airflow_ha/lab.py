@@ -35,6 +35,9 @@ class Lab:
     hosts: tuple[HostSpec, ...]
     groups: dict[str, list[str]]
     vip: str = ""
+    # airflow_tls_enabled: the API (and every other hop) speaks TLS, verified against the
+    # inventory's cluster CA (playbooks/certificates.yml).
+    tls: bool = True
 
     @property
     def label(self) -> str:
@@ -52,12 +55,27 @@ class Lab:
         return next(h.address for h in self.hosts if h.name == host)
 
     @property
+    def ca_file(self) -> Path:
+        """The inventory's cluster CA certificate (playbooks/certificates.yml)."""
+        return self.inventory / ".secrets" / "pki" / "ca.crt"
+
+    @property
+    def api_scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def api_verify(self) -> str | bool:
+        """What an API client checks the server's certificate with (requests' `verify`): the
+        cluster CA when the API speaks HTTPS."""
+        return str(self.ca_file) if self.tls else True
+
+    @property
     def api_url(self) -> str:
         """The API's front address: the VIP, else the first load balancer (or api-server), port 8080."""
         if self.vip:
-            return f"http://{self.vip.split('/')[0]}:8080"
+            return f"{self.api_scheme}://{self.vip.split('/')[0]}:8080"
         front = self.groups.get("airflow_loadbalancer") or self.groups["airflow_webserver"]
-        return f"http://{self.address(front[0])}:8080"
+        return f"{self.api_scheme}://{self.address(front[0])}:8080"
 
 
 def load_lab(inventory: Path) -> Lab:
@@ -90,6 +108,7 @@ def load_lab(inventory: Path) -> Lab:
         hosts=tuple(hosts),
         groups=groups,
         vip=str(first.get("loadbalancer_vip", "")),
+        tls=str(first.get("airflow_tls_enabled", True)).lower() not in ("false", "no", "0", "off"),
     )
 
 
@@ -202,6 +221,7 @@ def destroy(lab: Lab) -> None:
 def summary(lab: Lab) -> str:
     rel = os.path.relpath(lab.secrets_file, Path.cwd())
     key = os.path.relpath(lab.key_file, Path.cwd())
+    ca = os.path.relpath(lab.ca_file, Path.cwd())
     apis = len(lab.groups["airflow_webserver"])
     front = "keepalived VIP, " if lab.vip else ""
     return "\n".join(
@@ -209,6 +229,7 @@ def summary(lab: Lab) -> str:
             "",
             "airflow-ha lab is up.",
             f"  API and UI:     {lab.api_url}  ({front}HAProxy in front of {apis} api-servers)",
+            *([f"  Cluster CA:     {ca}  (trust it, or curl --cacert it)"] if lab.tls else []),
             "  Admin user:     admin",
             f"  Admin password: key admin_password in {rel}",
             f"                  (grep admin_password {rel})",
