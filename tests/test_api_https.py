@@ -185,7 +185,8 @@ def test_the_api_servers_serve_https_with_their_host_certificate(ha):
     web = json.loads(ha["a1.webserver.json"])
     exec_start = next(line for line in web["unit"].splitlines() if line.startswith("ExecStart="))
     assert exec_start.endswith(
-        " --ssl-cert /etc/airflow/api-server-tls/api-server.crt --ssl-key /etc/airflow/api-server-tls/api-server.key"
+        " --ssl-cert /etc/airflow/api-server-tls/api-server.crt"
+        " --ssl-key /etc/airflow/api-server-tls/api-server.key"
     ), exec_start
     assert web["health"] == "https://127.0.0.1:8080/api/v2/monitor/health"
 
