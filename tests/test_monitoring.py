@@ -526,3 +526,19 @@ def test_the_preflight_refuses_bad_settings_with_the_reason(tmp_path, extra, mes
     done = _preflight(tmp_path, extra)
     assert done.returncode != 0, done.stdout[-3000:]
     assert message in done.stdout.replace("\\n", " "), done.stdout[-3000:]
+
+
+@pytest.mark.parametrize("role", ["monitoring", "exporters"])
+def test_every_variable_is_documented_in_defaults_and_argument_specs_alike(role):
+    defaults = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load((REPO / "roles" / role / "meta" / "argument_specs.yml").read_text())
+    options = specs["argument_specs"]["main"]["options"]
+    only_defaults, only_specs = set(defaults) - set(options), set(options) - set(defaults)
+    assert not only_defaults, f"{role}: only in defaults/main.yml: {only_defaults}"
+    assert not only_specs, f"{role}: only in meta/argument_specs.yml: {only_specs}"
+    assert all(name.startswith(f"{role}_") for name in defaults)
+    for name, value in defaults.items():
+        assert options[name].get("default") == value, f"{role}: {name} defaults differ"
+        assert options[name].get("description"), f"{role}: {name} has no description"
+    etcd = yaml.safe_load((REPO / "roles" / "etcd" / "meta" / "argument_specs.yml").read_text())
+    assert etcd["argument_specs"]["main"]["options"]["etcd_metrics_port"]["default"] == 2381
