@@ -542,3 +542,32 @@ def test_every_variable_is_documented_in_defaults_and_argument_specs_alike(role)
         assert options[name].get("description"), f"{role}: {name} has no description"
     etcd = yaml.safe_load((REPO / "roles" / "etcd" / "meta" / "argument_specs.yml").read_text())
     assert etcd["argument_specs"]["main"]["options"]["etcd_metrics_port"]["default"] == 2381
+
+
+def test_the_grafana_dashboard_is_valid_and_its_queries_parse(tools, tmp_path):
+    """roles/monitoring/files/airflow-ha-dashboard.json: Grafana's import shape (title, uid, panels with
+    a Prometheus data source variable), and every panel's PromQL parsed by promtool (as recording rules)."""
+    dashboard = json.loads(
+        (REPO / "roles" / "monitoring" / "files" / "airflow-ha-dashboard.json").read_text()
+    )
+    assert dashboard["uid"]
+    assert dashboard["title"]
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource"]
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 10
+    assert all(panel["datasource"]["uid"] == "${datasource}" for panel in dashboard["panels"])
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:q{i}", "expr": e} for i, e in enumerate(exprs)],
+            }
+        ]
+    }
+    (tmp_path / "dashboard.yml").write_text(yaml.safe_dump(rules))
+    done = subprocess.run(
+        [str(tools / "promtool"), "check", "rules", str(tmp_path / "dashboard.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
