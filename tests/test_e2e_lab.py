@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -345,18 +346,18 @@ def test_chaos_pass_under_load_keeps_every_invariant(lab):
     assert not outcome.invariant_failures, outcome.table() + "\n" + "\n".join(outcome.invariant_failures)
 
 
-def _monitoring_url(lab, port: int) -> str:
+def _monitoring_url(lab: labmod.Lab, port: int) -> str:
     # The Docker host is in the lab's firewall_admin_networks: it reaches both directly.
     return f"http://{lab.address(lab.groups['airflow_monitoring'][0])}:{port}"
 
 
-def _prometheus_query(lab, expr: str) -> list[dict]:
+def _prometheus_query(lab: labmod.Lab, expr: str) -> list[dict]:
     answer = requests.get(f"{_monitoring_url(lab, 9090)}/api/v1/query", params={"query": expr}, timeout=10)
     answer.raise_for_status()
     return answer.json()["data"]["result"]
 
 
-def _firing(lab, alertname: str, **labels: str) -> list[dict]:
+def _firing(lab: labmod.Lab, alertname: str, **labels: str) -> list[dict]:
     """Alertmanager's active alerts of that name whose labels include these (its v2 API)."""
     filters = [f'alertname="{alertname}"'] + [f'{k}="{v}"' for k, v in labels.items()]
     answer = requests.get(
@@ -368,7 +369,7 @@ def _firing(lab, alertname: str, **labels: str) -> list[dict]:
     return [a for a in answer.json() if a["status"]["state"] == "active"]
 
 
-def _wait_for(what: str, check, timeout: float) -> float:
+def _wait_for(what: str, check: Callable[[], object], timeout: float) -> float:
     """Poll check() every 2 s until it is true; return the seconds it took."""
     start = time.monotonic()
     while not check():
@@ -401,7 +402,8 @@ def test_monitoring_scrapes_every_target_and_alerts_on_a_stopped_worker_and_a_ki
     assert targets("up") == expected, "Prometheus scrapes targets the inventory does not name"
 
     worker = lab.groups["airflow_worker"][-1]
-    assert not _firing(lab, "AirflowHaWorkerOffline"), "a worker is reported offline before the test"
+    # Earlier tests stop workers and database members too: start from no such alert.
+    _wait_for("no worker reported offline", lambda: not _firing(lab, "AirflowHaWorkerOffline"), 90)
     docker_hosts.exec_in(worker, "systemctl", "stop", "airflow-worker")
     try:
         _wait_for(
@@ -420,9 +422,7 @@ def test_monitoring_scrapes_every_target_and_alerts_on_a_stopped_worker_and_a_ki
     _wait_for("AirflowHaWorkerOffline resolved", lambda: not _firing(lab, "AirflowHaWorkerOffline"), 90)
 
     primary = _db_primary(lab)
-    assert not _firing(lab, "AirflowHaDatabaseMemberDown"), (
-        "a database member is reported down before the test"
-    )
+    _wait_for("no database member reported down", lambda: not _firing(lab, "AirflowHaDatabaseMemberDown"), 90)
     # SIGKILL to Patroni and PostgreSQL (the unit's whole cgroup), then stop cancels the unit's
     # automatic restart: the leader lock expires after its TTL and a replica takes over.
     _sh(primary, "systemctl kill --signal=SIGKILL patroni.service; sleep 1; systemctl stop patroni.service")

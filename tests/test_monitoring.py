@@ -193,6 +193,7 @@ def test_each_host_reports_its_own_units_vip_and_scheduler_health(lab):
     assert metrics["lab-infra2"]["vips"] == ["172.30.10.10"]
     assert metrics["lab-infra3"]["vips"] == []
     assert metrics["lab-worker1"]["output"] == "/var/lib/prometheus/node-exporter/airflow_ha.prom"
+    assert metrics["lab-infra1"]["sentinel_config"] == "/etc/redis/sentinel.conf"
 
 
 def test_without_monitoring_hosts_no_exporter_runs(tmp_path):
@@ -276,6 +277,7 @@ def _alert(name: str, labels: dict[str, str], summary: str, page: str) -> dict:
     }
 
 
+SENTINEL = 'airflow_ha_sentinel_master{{name="airflow-broker",master="{master}",host="{host}",job="node"}}'
 WORKER = 'airflow_ha_unit_active{{unit="airflow-worker.service",host="{host}",job="node"}}'
 
 # promtool's rule unit tests (promtool test rules): made-up series at the lab's 5 s interval.
@@ -332,6 +334,48 @@ RULE_TESTS = {
                 )
                 | {"eval_time": "20s"},
                 {"eval_time": "20s", "alertname": "AirflowHaVipNotHeld", "exp_alerts": []},
+            ],
+        },
+        {  # Sentinels name infra1 until 15 s, then infra2 (a failover); one lags behind for 10 s.
+            "interval": "5s",
+            "input_series": [
+                {
+                    "series": SENTINEL.format(host="lab-infra1", master="172.30.10.11:6379"),
+                    "values": "1 1 1 stale",
+                },
+                {
+                    "series": SENTINEL.format(host="lab-infra1", master="172.30.10.12:6379"),
+                    "values": "_ _ _ 1x20",
+                },
+                {
+                    "series": SENTINEL.format(host="lab-infra2", master="172.30.10.11:6379"),
+                    "values": "1 1 1 stale",
+                },
+                {
+                    "series": SENTINEL.format(host="lab-infra2", master="172.30.10.12:6379"),
+                    "values": "_ _ _ 1x20",
+                },
+                {
+                    "series": SENTINEL.format(host="lab-infra3", master="172.30.10.11:6379"),
+                    "values": "1x4 stale",
+                },
+                {
+                    "series": SENTINEL.format(host="lab-infra3", master="172.30.10.12:6379"),
+                    "values": "_x4 1x18",
+                },
+            ],
+            "alert_rule_test": [
+                {"eval_time": "10s", "alertname": "AirflowHaBrokerMasterChanged", "exp_alerts": []},
+                _alert(
+                    "AirflowHaBrokerMasterChanged",
+                    {"severity": "warning", "name": "airflow-broker"},
+                    "The Sentinels named more than one Redis master for airflow-broker in the last 10 "
+                    "minutes (a broker failover)",
+                    "docs/runbooks/broker-failover.md",
+                )
+                | {"eval_time": "30s"},
+                # infra3 named the old master from 15 to 20 s only: shorter than for:, no alert.
+                {"eval_time": "30s", "alertname": "AirflowHaBrokerSentinelsDisagree", "exp_alerts": []},
             ],
         },
         {  # The primary (infra1) is killed at 10 s; infra2 is promoted at 40 s on a new timeline.
@@ -425,6 +469,16 @@ def test_the_facts_script_writes_metrics_the_node_exporter_accepts(tools, tmp_pa
 
 
 def test_the_facts_script_reads_openssl_and_ip(tmp_path):
+    sentinel_conf = (
+        "port 26379\nsentinel monitor airflow-broker 172.30.10.12 6379 2\n"
+        "sentinel down-after-milliseconds airflow-broker 5000\n"
+        "sentinel known-replica airflow-broker 172.30.10.11 6379\n"
+    )
+    assert metrics_script.sentinel_masters(sentinel_conf) == {"airflow-broker": "172.30.10.12:6379"}
+    assert (
+        'airflow_ha_sentinel_master{name="airflow-broker",master="172.30.10.12:6379"} 1'
+        in metrics_script.render({}, None, {}, {}, 0.0, {"airflow-broker": "172.30.10.12:6379"})
+    )
     assert metrics_script.not_after("notAfter=Nov  8 02:50:48 2027 GMT\n") == 1825642248.0
     assert metrics_script.not_after("garbage") is None
     held = metrics_script.held_addresses(
@@ -468,6 +522,7 @@ def test_the_facts_script_reads_openssl_and_ip(tmp_path):
                 "scheduler_health_url": "",
                 "vips": [],
                 "certificate_globs": [str(tmp_path / "*" / "*.crt")],
+                "sentinel_config": str(tmp_path / "absent.conf"),
             }
         )
     )

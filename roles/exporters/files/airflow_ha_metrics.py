@@ -10,10 +10,13 @@ atomic rename, the metrics file the node exporter serves:
                                                        200 (only while its unit is active)
   airflow_ha_vip_held{vip}                             1 while this host holds the VIP
   airflow_ha_certificate_expiry_timestamp_seconds{path} a certificate's notAfter (Unix time)
+  airflow_ha_sentinel_master{name,master}              1: the master this host's Redis Sentinel
+                                                       names (its config file, which Sentinel
+                                                       rewrites on every failover)
   airflow_ha_facts_timestamp_seconds                   when this file was written
 
 Why not a maintained collector: Debian's prometheus-node-exporter-collectors has no certificate,
-VIP or health-check script, and the node exporter's systemd collector needs D-Bus.
+VIP, health-check or Sentinel script, and the node exporter's systemd collector needs D-Bus.
 Standard library only: it runs on Debian 12's /usr/bin/python3 on every host.
 """
 
@@ -73,6 +76,16 @@ def not_after(openssl_output: str) -> float | None:
     return moment.replace(tzinfo=UTC).timestamp()
 
 
+def sentinel_masters(config_text: str) -> dict[str, str]:
+    """{master name: "ADDRESS:PORT"} from sentinel.conf's `sentinel monitor NAME ADDRESS PORT QUORUM`."""
+    found = {}
+    for line in config_text.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0] == "sentinel" and fields[1] == "monitor":
+            found[fields[2]] = f"{fields[3]}:{fields[4]}"
+    return found
+
+
 def certificate_expiries(patterns: list[str]) -> dict[str, float]:
     found: dict[str, float] = {}
     for path in sorted({p for pattern in patterns for p in glob.glob(pattern)}):
@@ -95,6 +108,7 @@ def render(
     vips: dict[str, bool],
     certificates: dict[str, float],
     now: float,
+    sentinel: dict[str, str] | None = None,
 ) -> str:
     out = [
         "# HELP airflow_ha_unit_active 1 while the systemd unit is active.",
@@ -120,6 +134,15 @@ def render(
         f'airflow_ha_certificate_expiry_timestamp_seconds{{path="{_label(p)}"}} {e:.0f}'
         for p, e in sorted(certificates.items())
     ]
+    if sentinel:
+        out += [
+            "# HELP airflow_ha_sentinel_master The master this host's Redis Sentinel names.",
+            "# TYPE airflow_ha_sentinel_master gauge",
+        ]
+        out += [
+            f'airflow_ha_sentinel_master{{name="{_label(n)}",master="{_label(m)}"}} 1'
+            for n, m in sorted(sentinel.items())
+        ]
     out += [
         "# HELP airflow_ha_facts_timestamp_seconds When airflow-ha-metrics last wrote this file.",
         "# TYPE airflow_ha_facts_timestamp_seconds gauge",
