@@ -388,7 +388,7 @@ def test_monitoring_scrapes_every_target_and_alerts_on_a_stopped_worker_and_a_ki
     that host and, once a replica took over, AirflowHaDatabasePrimaryChanged; the old primary rejoins
     as a replica and its alert resolves. The lab's intervals are short (5 s scrape, 15 s for:)."""
     expected = (
-        {("node", h) for h in lab.groups["all"]}
+        {("node", host.name) for host in lab.hosts}
         | {("patroni", h) for h in lab.groups["airflow_metadata_db"]}
         | {("etcd", h) for h in lab.groups["airflow_etcd"]}
         | {("haproxy", h) for h in lab.groups["airflow_loadbalancer"]}
@@ -401,49 +401,48 @@ def test_monitoring_scrapes_every_target_and_alerts_on_a_stopped_worker_and_a_ki
     _wait_for("every scrape target up", lambda: targets("up == 1") == expected, 90)
     assert targets("up") == expected, "Prometheus scrapes targets the inventory does not name"
 
-    worker = lab.groups["airflow_worker"][-1]
-    # Earlier tests stop workers and database members too: start from no such alert.
+    # Both faults at once (the test's wall time): a worker's unit stopped, and the database primary's
+    # Patroni and PostgreSQL killed with SIGKILL (the unit's whole cgroup), then `stop` cancels the
+    # unit's automatic restart, so the leader lock expires after its TTL and a replica takes over.
+    # Earlier tests stop workers and database members too: start from neither alert.
     _wait_for("no worker reported offline", lambda: not _firing(lab, "AirflowHaWorkerOffline"), 90)
+    _wait_for("no database member reported down", lambda: not _firing(lab, "AirflowHaDatabaseMemberDown"), 90)
+    worker = lab.groups["airflow_worker"][-1]
+    primary = _db_primary(lab)
     docker_hosts.exec_in(worker, "systemctl", "stop", "airflow-worker")
     try:
-        _wait_for(
-            f"AirflowHaWorkerOffline for {worker}",
-            lambda: _firing(lab, "AirflowHaWorkerOffline", host=worker),
-            90,
+        _sh(
+            primary,
+            "systemctl kill --signal=SIGKILL patroni.service; sleep 1; systemctl stop patroni.service",
         )
-        others = [
-            a["labels"]["host"]
-            for a in _firing(lab, "AirflowHaWorkerOffline")
-            if a["labels"]["host"] != worker
-        ]
-        assert not others, f"other workers reported offline: {others}"
+        try:
+            _wait_for(
+                f"AirflowHaWorkerOffline for {worker}",
+                lambda: _firing(lab, "AirflowHaWorkerOffline", host=worker),
+                90,
+            )
+            others = {a["labels"]["host"] for a in _firing(lab, "AirflowHaWorkerOffline")} - {worker}
+            assert not others, f"other workers reported offline: {others}"
+            _wait_for(
+                f"AirflowHaDatabaseMemberDown for {primary}",
+                lambda: _firing(lab, "AirflowHaDatabaseMemberDown", host=primary),
+                120,
+            )
+            _wait_for(
+                "a new primary",
+                lambda: any(
+                    r["metric"]["host"] != primary for r in _prometheus_query(lab, "patroni_primary == 1")
+                ),
+                120,
+            )
+            _wait_for(
+                "AirflowHaDatabasePrimaryChanged", lambda: _firing(lab, "AirflowHaDatabasePrimaryChanged"), 60
+            )
+        finally:
+            docker_hosts.exec_in(primary, "systemctl", "start", "patroni.service")
     finally:
         docker_hosts.exec_in(worker, "systemctl", "start", "airflow-worker")
     _wait_for("AirflowHaWorkerOffline resolved", lambda: not _firing(lab, "AirflowHaWorkerOffline"), 90)
-
-    primary = _db_primary(lab)
-    _wait_for("no database member reported down", lambda: not _firing(lab, "AirflowHaDatabaseMemberDown"), 90)
-    # SIGKILL to Patroni and PostgreSQL (the unit's whole cgroup), then stop cancels the unit's
-    # automatic restart: the leader lock expires after its TTL and a replica takes over.
-    _sh(primary, "systemctl kill --signal=SIGKILL patroni.service; sleep 1; systemctl stop patroni.service")
-    try:
-        _wait_for(
-            f"AirflowHaDatabaseMemberDown for {primary}",
-            lambda: _firing(lab, "AirflowHaDatabaseMemberDown", host=primary),
-            120,
-        )
-        _wait_for(
-            "a new primary",
-            lambda: any(
-                r["metric"]["host"] != primary for r in _prometheus_query(lab, "patroni_primary == 1")
-            ),
-            120,
-        )
-        _wait_for(
-            "AirflowHaDatabasePrimaryChanged", lambda: _firing(lab, "AirflowHaDatabasePrimaryChanged"), 60
-        )
-    finally:
-        docker_hosts.exec_in(primary, "systemctl", "start", "patroni.service")
     _wait_for(
         f"{primary} back as a running replica",
         lambda: bool(
