@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
@@ -578,6 +579,117 @@ def test_chaos_pass_under_load_keeps_every_invariant(lab):
     assert not outcome.invariant_failures, outcome.table() + "\n" + "\n".join(outcome.invariant_failures)
 
 
+def _monitoring_url(lab: labmod.Lab, port: int) -> str:
+    # The Docker host is in the lab's firewall_admin_networks: it reaches both directly.
+    return f"http://{lab.address(lab.groups['airflow_monitoring'][0])}:{port}"
+
+
+def _prometheus_query(lab: labmod.Lab, expr: str) -> list[dict]:
+    answer = requests.get(f"{_monitoring_url(lab, 9090)}/api/v1/query", params={"query": expr}, timeout=10)
+    answer.raise_for_status()
+    return answer.json()["data"]["result"]
+
+
+def _firing(lab: labmod.Lab, alertname: str, **labels: str) -> list[dict]:
+    """Alertmanager's active alerts of that name whose labels include these (its v2 API)."""
+    filters = [f'alertname="{alertname}"'] + [f'{k}="{v}"' for k, v in labels.items()]
+    answer = requests.get(
+        f"{_monitoring_url(lab, 9093)}/api/v2/alerts",
+        params={"filter": filters, "active": "true"},
+        timeout=10,
+    )
+    answer.raise_for_status()
+    return [a for a in answer.json() if a["status"]["state"] == "active"]
+
+
+def _wait_for(what: str, check: Callable[[], object], timeout: float) -> float:
+    """Poll check() every 2 s until it is true; return the seconds it took."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, f"{what}: not within {timeout:.0f} s"
+        time.sleep(2)
+    took = time.monotonic() - start
+    print(f"[monitoring] {what}: {took:.0f} s", flush=True)
+    return took
+
+
+def test_monitoring_scrapes_every_target_and_alerts_on_a_stopped_worker_and_a_killed_primary(lab):
+    """Prometheus on the airflow_monitoring host (roles monitoring, exporters; docs/runbooks/monitoring.md)
+    scrapes every exporter of the lab and all answer; a worker's unit stopped fires
+    AirflowHaWorkerOffline for that host in Alertmanager, resolved once it runs again; the database
+    primary's Patroni and PostgreSQL killed (SIGKILL, no restart) fire AirflowHaDatabaseMemberDown for
+    that host and, once a replica took over, AirflowHaDatabasePrimaryChanged; the old primary rejoins
+    as a replica and its alert resolves. The lab's intervals are short (5 s scrape, 15 s for:)."""
+    expected = (
+        {("node", host.name) for host in lab.hosts}
+        | {("patroni", h) for h in lab.groups["airflow_metadata_db"]}
+        | {("etcd", h) for h in lab.groups["airflow_etcd"]}
+        | {("haproxy", h) for h in lab.groups["airflow_loadbalancer"]}
+        | {(job, h) for job in ("prometheus", "alertmanager") for h in lab.groups["airflow_monitoring"]}
+    )
+
+    def targets(expr: str) -> set[tuple[str, str]]:
+        return {(r["metric"]["job"], r["metric"]["host"]) for r in _prometheus_query(lab, expr)}
+
+    _wait_for("every scrape target up", lambda: targets("up == 1") == expected, 90)
+    assert targets("up") == expected, "Prometheus scrapes targets the inventory does not name"
+
+    # Both faults at once (the test's wall time): a worker's unit stopped, and the database primary's
+    # Patroni and PostgreSQL killed with SIGKILL (the unit's whole cgroup), then `stop` cancels the
+    # unit's automatic restart, so the leader lock expires after its TTL and a replica takes over.
+    # Earlier tests stop workers and database members too: start from neither alert.
+    _wait_for("no worker reported offline", lambda: not _firing(lab, "AirflowHaWorkerOffline"), 90)
+    _wait_for("no database member reported down", lambda: not _firing(lab, "AirflowHaDatabaseMemberDown"), 90)
+    worker = lab.groups["airflow_worker"][-1]
+    primary = _db_primary(lab)
+    docker_hosts.exec_in(worker, "systemctl", "stop", "airflow-worker")
+    try:
+        _sh(
+            primary,
+            "systemctl kill --signal=SIGKILL patroni.service; sleep 1; systemctl stop patroni.service",
+        )
+        try:
+            _wait_for(
+                f"AirflowHaWorkerOffline for {worker}",
+                lambda: _firing(lab, "AirflowHaWorkerOffline", host=worker),
+                90,
+            )
+            others = {a["labels"]["host"] for a in _firing(lab, "AirflowHaWorkerOffline")} - {worker}
+            assert not others, f"other workers reported offline: {others}"
+            _wait_for(
+                f"AirflowHaDatabaseMemberDown for {primary}",
+                lambda: _firing(lab, "AirflowHaDatabaseMemberDown", host=primary),
+                120,
+            )
+            _wait_for(
+                "a new primary",
+                lambda: any(
+                    r["metric"]["host"] != primary for r in _prometheus_query(lab, "patroni_primary == 1")
+                ),
+                120,
+            )
+            _wait_for(
+                "AirflowHaDatabasePrimaryChanged", lambda: _firing(lab, "AirflowHaDatabasePrimaryChanged"), 60
+            )
+        finally:
+            docker_hosts.exec_in(primary, "systemctl", "start", "patroni.service")
+    finally:
+        docker_hosts.exec_in(worker, "systemctl", "start", "airflow-worker")
+    _wait_for("AirflowHaWorkerOffline resolved", lambda: not _firing(lab, "AirflowHaWorkerOffline"), 90)
+    _wait_for(
+        f"{primary} back as a running replica",
+        lambda: bool(
+            _prometheus_query(
+                lab, f'patroni_replica{{host="{primary}"}} == 1 and patroni_postgres_running == 1'
+            )
+        ),
+        180,
+    )
+    _wait_for(
+        "AirflowHaDatabaseMemberDown resolved", lambda: not _firing(lab, "AirflowHaDatabaseMemberDown"), 90
+    )
+
+
 RUNBOOK_BLOCK = re.compile(r"^```sh on=(\w+)\n(.*?)^```", re.M | re.S)
 
 
@@ -615,7 +727,25 @@ def test_second_site_run_changes_nothing(lab):
 
 # Every service port the lab's roles open somewhere (docs/security.md, "Host firewall"), tried on
 # every host and the VIP besides the ports each host's own rules name.
-SERVICE_PORTS = {22, 2379, 2380, 5432, 5433, 6379, 8008, 8080, 8404, 8793, 8794, 8974, 26379}
+SERVICE_PORTS = {
+    22,
+    2379,
+    2380,
+    2381,
+    5432,
+    5433,
+    6379,
+    8008,
+    8080,
+    8404,
+    8793,
+    8794,
+    8974,
+    9090,
+    9093,
+    9100,
+    26379,
+}
 
 # Run inside the outsider container: TCP connects to every (address, port) of argv[1], all at
 # once, 3 s each (a dropped SYN times out, a closed port is refused); prints those that answered.

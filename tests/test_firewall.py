@@ -61,6 +61,10 @@ CLUSTER = yaml.safe_load((REPO / "group_vars" / "all" / "cluster.yml").read_text
 PORT = {
     "etcd_client": defaults("etcd")["etcd_client_port"],
     "etcd_peer": defaults("etcd")["etcd_peer_port"],
+    "etcd_metrics": defaults("etcd")["etcd_metrics_port"],
+    "node_exporter": defaults("exporters")["exporters_node_port"],
+    "prometheus": defaults("monitoring")["monitoring_prometheus_port"],
+    "alertmanager": defaults("monitoring")["monitoring_alertmanager_port"],
     "postgres": defaults("metadata_db")["metadata_db_port"],
     "patroni": defaults("metadata_db")["metadata_db_patroni_api_port"],
     "redis": defaults("broker")["broker_port"],
@@ -194,6 +198,7 @@ INFRA = {"172.30.10.11", "172.30.10.12", "172.30.10.13"}
 LBS = {"172.30.10.11", "172.30.10.12"}
 AIRFLOW = {"172.30.10.21", "172.30.10.22"}  # api-servers and schedulers
 WORKERS = {"172.30.10.31", "172.30.10.32"}
+MONITORING = {"172.30.10.13"}  # airflow_monitoring: Prometheus scrapes every exporter from here
 
 
 def p(name: str) -> str:
@@ -203,12 +208,15 @@ def p(name: str) -> str:
 def expected_lab_rules(host: str) -> dict[tuple[str, str], set[str]]:
     # SSH from the lab network (firewall_ssh_networks), which holds the admin address too.
     want: dict[tuple[str, str], set[str]] = {("22", ""): {SUBNET}}
+    # The node exporter on every host, for the monitoring host only.
+    want[(p("node_exporter"), "")] = {ADMIN} | MONITORING
     if host.startswith("lab-infra"):  # etcd, PostgreSQL with Patroni, Redis with Sentinel
         want |= {
             (p("etcd_client"), ""): {ADMIN} | INFRA,
             (p("etcd_peer"), ""): {ADMIN} | INFRA,
+            (p("etcd_metrics"), ""): {ADMIN} | MONITORING,
             (p("postgres"), ""): {ADMIN, VIP} | INFRA,
-            (p("patroni"), ""): {ADMIN, VIP} | INFRA,
+            (p("patroni"), ""): {ADMIN, VIP} | INFRA | MONITORING,
             (p("redis"), ""): {ADMIN} | INFRA | AIRFLOW | WORKERS,
             (p("sentinel"), ""): {ADMIN} | INFRA | AIRFLOW | WORKERS,
         }
@@ -217,8 +225,13 @@ def expected_lab_rules(host: str) -> dict[tuple[str, str], set[str]]:
             (p("lb_api"), ""): {ADMIN} | AIRFLOW | WORKERS,
             (p("lb_api"), VIP): {SUBNET},
             (p("lb_postgres"), ""): {ADMIN} | AIRFLOW | WORKERS,
-            (p("lb_stats"), ""): {ADMIN},
+            (p("lb_stats"), ""): {ADMIN} | MONITORING,
             ("proto 112", ""): LBS,
+        }
+    if host == "lab-infra3":  # Prometheus and Alertmanager
+        want |= {
+            (p("prometheus"), ""): {ADMIN} | MONITORING,
+            (p("alertmanager"), ""): {ADMIN} | MONITORING,
         }
     if host.startswith("lab-airflow"):  # api-server, scheduler, triggerer
         want |= {
