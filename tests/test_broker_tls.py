@@ -23,7 +23,8 @@ from helpers import HA_INVENTORY, REPO, ansible_env, tool
 _spec = importlib.util.spec_from_file_location(
     "broker_sentinel", REPO / "roles" / "broker" / "filter_plugins" / "broker_sentinel.py"
 )
-assert _spec is not None and _spec.loader is not None
+assert _spec is not None
+assert _spec.loader is not None
 broker_sentinel = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(broker_sentinel)
 
@@ -57,15 +58,16 @@ RENDER_PLAY = """
   vars:
     # A new cluster: no sentinel.conf yet, the first node is master.
     __broker_master: "{{ broker_nodes | first }}"
-    _broker_sentinel_live: "{{ '' | broker_sentinel_state(broker_sentinel_master_name, _broker_sentinel_marker) }}"
+    _broker_sentinel_live: >-
+      {{ '' | broker_sentinel_state(broker_sentinel_master_name, _broker_sentinel_marker) }}
+    templates: "{{ repo }}/roles/broker/templates"
   tasks:
     - name: Write what the role renders
       ansible.builtin.copy:
-        content: "{{ {'redis': lookup('ansible.builtin.template', repo ~ '/roles/broker/templates/redis.conf.j2'),
-                      'sentinel': (lookup('ansible.builtin.template', repo ~ '/roles/broker/templates/sentinel.conf.j2')
+        content: "{{ {'redis': lookup('ansible.builtin.template', templates ~ '/redis.conf.j2'),
+                      'sentinel': (lookup('ansible.builtin.template', templates ~ '/sentinel.conf.j2')
                                    if broker_sentinel_enabled | bool else ''),
-                      'reconfig': lookup('ansible.builtin.template',
-                                         repo ~ '/roles/broker/templates/sentinel-reconfig.sh.j2'),
+                      'reconfig': lookup('ansible.builtin.template', templates ~ '/sentinel-reconfig.sh.j2'),
                       'wanted': _broker_sentinel_wanted, 'cli_tls': _broker_cli_tls,
                       'marker': _broker_sentinel_marker} | to_json }}"
         dest: "{{ out }}/{{ inventory_hostname }}.broker.json"
@@ -141,9 +143,8 @@ def render(tmp: Path, inventory_text: str, *extra: str) -> dict[str, Any]:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    return {
-        p.name: json.loads(p.read_text()) if p.suffix == ".json" else p.read_text() for p in sorted(out.iterdir())
-    }
+    files = sorted(out.iterdir())
+    return {p.name: json.loads(p.read_text()) if p.suffix == ".json" else p.read_text() for p in files}
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +250,8 @@ def test_without_tls_nothing_tls_is_rendered(plain):
 def test_the_fencing_script_pings_over_tls(ha, plain):
     assert ha["i1.broker.json"]["cli_tls"] == ["--tls", "--cacert", "/etc/redis/tls/ca.crt"]
     ping = [line for line in ha["i1.broker.json"]["reconfig"].splitlines() if " PING" in line]
-    assert ping and "redis-cli --tls --cacert /etc/redis/tls/ca.crt -h 127.0.0.1 -p 6379 PING" in ping[0]
+    assert ping
+    assert "redis-cli --tls --cacert /etc/redis/tls/ca.crt -h 127.0.0.1 -p 6379 PING" in ping[0]
     plain_ping = [line for line in plain["i1.broker.json"]["reconfig"].splitlines() if " PING" in line]
     assert "--tls" not in plain_ping[0]
 
