@@ -22,7 +22,7 @@ import pytest
 import requests
 import yaml
 
-from airflow_ha import docker_hosts
+from airflow_ha import chaos_lab, docker_hosts
 from airflow_ha import lab as labmod
 from airflow_ha.api import AirflowApi, ApiError
 from airflow_ha.chaos import CI_FAULTS, ci_settings, run_chaos
@@ -545,6 +545,63 @@ def test_the_airflow_database_user_cannot_touch_the_failover_lease(lab):
         # The controller's DSN (active_standby only; the lab's default mode has none).
         dsn = docker_hosts.exec_in(host, "cat", "/etc/airflow-ha/failover.dsn", check=False)
         assert dsn == "" or dsn.startswith("postgresql://airflow_ha_failover:"), host
+
+
+def test_every_broker_connection_is_tls(lab, api):
+    """Redis and the Sentinels answer only TLS verified against the inventory's CA (plain TCP gets
+    no answer; the controller's check of each certificate for the host's address passes), every
+    replica streams from its master (no plaintext listener exists, so over TLS), and after a DAG
+    run the Celery connections (Celery's user, from the Airflow hosts) are on the master."""
+    _run_sample(api)
+    secrets = yaml.safe_load(lab.secrets_file.read_text())
+    password = secrets["broker_admin_password"]
+    ca = chaos_lab.ControlTls.for_inventory(lab.inventory).ca
+    assert ca, "the lab inventory has no cluster CA"
+    brokers = lab.groups["airflow_broker"]
+    ports = [6379, 26379] if len(brokers) > 1 else [6379]
+    for host in brokers:
+        address = lab.address(host)
+        for port in ports:
+            with socket.create_connection((address, port), timeout=5) as sock:
+                sock.sendall(b"PING\r\n")
+                sock.settimeout(3)
+                try:
+                    answer = sock.recv(64)
+                except TimeoutError:
+                    answer = b""
+                except ConnectionResetError:
+                    answer = b""
+            assert not answer.startswith((b"+PONG", b"-NOAUTH")), (host, port, answer)
+            # redis_call checks the chain and that the certificate names the address dialled.
+            assert (
+                chaos_lab.redis_call(address, port, password, "PING", username="admin", ca_file=ca) == "PONG"
+            )
+        info = chaos_lab.redis_call(
+            address, 6379, password, "INFO", "replication", username="admin", ca_file=ca
+        )
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        assert "role:master" in text or "master_link_status:up" in text, (host, text)
+        port_conf = chaos_lab.redis_call(
+            address, 6379, password, "CONFIG", "GET", "port", username="admin", ca_file=ca
+        )
+        assert port_conf == [b"port", b"0"], (host, port_conf)
+    masters = [
+        h
+        for h in brokers
+        if "role:master"
+        in chaos_lab.redis_call(
+            lab.address(h), 6379, password, "INFO", "replication", username="admin", ca_file=ca
+        ).decode()
+    ]
+    assert len(masters) == 1, masters
+    clients = chaos_lab.redis_call(
+        lab.address(masters[0]), 6379, password, "CLIENT", "LIST", username="admin", ca_file=ca
+    ).decode()
+    airflow_addresses = {
+        lab.address(h) for g in ("airflow_scheduler", "airflow_worker") for h in lab.groups[g]
+    }
+    celery = [line for line in clients.splitlines() if " user=celery " in line]
+    assert {line.split(" addr=")[1].rsplit(":", 1)[0] for line in celery} & airflow_addresses, clients
 
 
 def test_planned_database_switchover_fails_no_task(lab, api):

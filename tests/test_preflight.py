@@ -238,6 +238,35 @@ def test_an_sslmode_weaker_than_verify_full_is_refused(tmp_path, override, messa
     assert not (inventory / ".secrets").exists(), "secrets were generated before the settings were checked"
 
 
+# With TLS to the broker (on by default), Celery may not be put back on plain TCP by the inventory.
+@pytest.mark.parametrize(
+    "celery",
+    [{"broker_url": "redis://celery:secretpw@10.0.0.1:6379/0"}, {"ssl_active": "False"}],
+)
+def test_a_plain_broker_connection_is_refused_while_broker_tls_is_on(tmp_path, celery):
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {"h1": local | {"airflow_node_address": "192.0.2.9"}}
+    inventory = write_inventory(tmp_path / "inv", hosts, {g: ["h1"] for g in GROUPS})
+    (tmp_path / "override.json").write_text(json.dumps({"airflow_common_config_extra": {"celery": celery}}))
+    proc = run_playbook(inventory, "playbooks/preflight.yml", "-e", f"@{tmp_path / 'override.json'}")
+    message = (
+        "TLS to the broker is on (airflow_broker_tls_enabled), so Redis and the Sentinels accept nothing"
+    )
+    assert message in proc.stdout, proc.stdout[-4000:]
+    assert "secretpw" not in proc.stdout
+    assert_nothing_changed(proc, inventory)
+    # The same settings pass with the broker's TLS off.
+    proc = run_playbook(
+        inventory,
+        "playbooks/preflight.yml",
+        "-e",
+        f"@{tmp_path / 'override.json'}",
+        "-e",
+        "airflow_broker_tls_enabled=false",
+    )
+    assert "TLS to the broker is on" not in proc.stdout, proc.stdout[-4000:]
+
+
 def test_verify_full_set_by_the_inventory_passes_the_sslmode_checks(tmp_path):
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     hosts = {"h1": local | {"airflow_node_address": "192.0.2.9"}}

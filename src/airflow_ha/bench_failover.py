@@ -258,6 +258,7 @@ def _broker_writable(ops: LabOps, password: str, port: int) -> bool:
             str(time.time()),
             timeout=1.0,
             username=ops.broker_celery_user,
+            ca_file=ops.redis_ca,
         )
     except (OSError, ChaosError):
         return False
@@ -288,7 +289,11 @@ def lab_tiers(ops: LabOps, names: Sequence[str], redis_port: int = 6379, api_por
                 ops, str(secrets.get("broker_celery_password") or ""), redis_port
             ),
             rejoined=lambda h: redis_replica_linked(
-                ops.lab.address(h), ops.broker_admin_password(), redis_port, username=ops.broker_admin_user
+                ops.lab.address(h),
+                ops.broker_admin_password(),
+                redis_port,
+                username=ops.broker_admin_user,
+                ca_file=ops.redis_ca,
             ),
         ),
         "api": Tier(

@@ -292,6 +292,7 @@ class LabWatcher:
             sample_every=self.settings.sample_every,
             max_seconds=int(self.settings.healthy_timeout + (self.settings.hold or 120) + 600),
             redis_port=self.ops.redis_port,
+            redis_ca=self.ops.redis_host_ca,
         )
 
 

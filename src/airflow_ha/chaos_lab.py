@@ -13,10 +13,12 @@ import ipaddress
 import json
 import os
 import socket
+import ssl
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -348,13 +350,41 @@ def http_status(url: str, timeout: float = 3.0, tls: ControlTls | None = None) -
         return None
 
 
+# Where the broker role puts the cluster CA on a broker host (roles/broker/vars/main.yml).
+BROKER_HOST_CA = "/etc/redis/tls/ca.crt"
+
+
+@contextmanager
+def redis_socket(
+    address: str, port: int, timeout: float, ca_file: str | None = None
+) -> Iterator[socket.socket]:
+    """A connection to a Redis server or Sentinel: with `ca_file` (the broker role's TLS), TLS 1.2
+    or newer whose certificate chains to that CA and names `address` (as Celery's redis-py checks
+    it); without, plain TCP. A failed verification raises ssl.SSLCertVerificationError (an OSError)."""
+    with socket.create_connection((address, port), timeout=timeout) as sock:
+        if not ca_file:
+            yield sock
+            return
+        context = ssl.create_default_context(cafile=ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        with context.wrap_socket(sock, server_hostname=address) as tls:
+            yield tls
+
+
 def redis_call(
-    address: str, port: int, password: str, *command: str, timeout: float = 3.0, username: str = ""
+    address: str,
+    port: int,
+    password: str,
+    *command: str,
+    timeout: float = 3.0,
+    username: str = "",
+    ca_file: str | None = None,
 ) -> Any:
     """One command to a Redis server or Sentinel (after AUTH when a password is given, as the ACL
-    user `username` when one is given); its reply. Raises OSError when nothing answers and
-    ChaosError on an error reply."""
-    with socket.create_connection((address, port), timeout=timeout) as sock:
+    user `username` when one is given; over TLS verified against `ca_file` when one is given); its
+    reply. Raises OSError when nothing answers or the server fails verification, and ChaosError on
+    an error reply."""
+    with redis_socket(address, port, timeout, ca_file) as sock:
         stream = sock.makefile("rwb")
         if password:
             stream.write(encode_command("AUTH", *([username] if username else []), password))
@@ -370,7 +400,13 @@ def redis_call(
 
 
 def sentinel_master(
-    address: str, port: int, password: str, master: str, timeout: float = 3.0, username: str = ""
+    address: str,
+    port: int,
+    password: str,
+    master: str,
+    timeout: float = 3.0,
+    username: str = "",
+    ca_file: str | None = None,
 ) -> str | None:
     """The master address a Sentinel reports for `master`, or None (no Sentinel there, or it does not
     know the master)."""
@@ -384,6 +420,7 @@ def sentinel_master(
             master,
             timeout=timeout,
             username=username,
+            ca_file=ca_file,
         )
     except OSError:
         return None
@@ -413,11 +450,15 @@ def patroni_member_caught_up(cluster: dict[str, Any], member: str, max_lag: int 
     )
 
 
-def redis_replica_linked(address: str, password: str, port: int = 6379, username: str = "") -> bool:
+def redis_replica_linked(
+    address: str, password: str, port: int = 6379, username: str = "", ca_file: str | None = None
+) -> bool:
     """The Redis server at `address` is a replica whose link to its master is up (INFO: a user
     with @dangerous commands, the broker role's admin user)."""
     try:
-        info = redis_call(address, port, password, "INFO", "replication", timeout=2.0, username=username)
+        info = redis_call(
+            address, port, password, "INFO", "replication", timeout=2.0, username=username, ca_file=ca_file
+        )
     except (OSError, ChaosError):
         return False
     text = info.decode() if isinstance(info, bytes) else str(info)
@@ -559,6 +600,9 @@ class LabOps:
     redis_port: int = 6379
     # Set from the lab's inventory when not given.
     tls: ControlTls | None = None
+    # Redis and the Sentinels speak TLS (the broker role's broker_tls_enabled, on with the cluster's
+    # TLS): verified against the inventory's CA whenever it has one.
+    redis_tls: bool = True
 
     def __post_init__(self) -> None:
         if self.tls is None:
@@ -567,6 +611,17 @@ class LabOps:
     @property
     def control_tls(self) -> ControlTls:
         return self.tls or ControlTls()
+
+    @property
+    def redis_host_ca(self) -> str:
+        """The CA file redis-cli on a broker host verifies against (the broker role's copy); empty:
+        plain TCP."""
+        return BROKER_HOST_CA if self.redis_ca else ""
+
+    @property
+    def redis_ca(self) -> str | None:
+        """The CA file redis_call verifies Redis and the Sentinels against; None: plain TCP."""
+        return self.control_tls.ca if self.redis_tls else None
 
     def log(self, message: str) -> None:
         print(f"[chaos] {message}", flush=True)
@@ -834,6 +889,7 @@ class LabOps:
                             "FAILOVER",
                             self.sentinel_master_name,
                             username=self.broker_admin_user,
+                            ca_file=self.redis_ca,
                         )
                         asked_at = time.monotonic()
                         break
@@ -858,6 +914,7 @@ class LabOps:
                 password,
                 self.sentinel_master_name,
                 username=self.broker_admin_user,
+                ca_file=self.redis_ca,
             )
             if found:
                 answers[found] += 1
@@ -997,6 +1054,7 @@ class LabOps:
                         self.sentinel_master_name,
                         2.0,
                         username=self.broker_admin_user,
+                        ca_file=self.redis_ca,
                     )
                     for h in brokers
                 }
@@ -1075,6 +1133,7 @@ class LabOps:
                     self.sentinel_master_name,
                     1.0,
                     username=self.broker_admin_user,
+                    ca_file=self.redis_ca,
                 )
                 if found:
                     named[found] += 1
@@ -1110,7 +1169,9 @@ class LabOps:
                 for h in brokers
                 if self.lab.address(h) != master
                 and self.running(h)
-                and not redis_replica_linked(self.lab.address(h), password, username=self.broker_admin_user)
+                and not redis_replica_linked(
+                    self.lab.address(h), password, username=self.broker_admin_user, ca_file=self.redis_ca
+                )
             ]
         return problems
 

@@ -255,12 +255,18 @@ def db_sampler_script(port: int = 5432, every: float = 0.5, max_seconds: int = 3
 
 
 def redis_sampler_script(
-    port: int = 6379, every: float = 0.5, max_seconds: int = 3600, user: str = ""
+    port: int = 6379, every: float = 0.5, max_seconds: int = 3600, user: str = "", ca_file: str = ""
 ) -> str:
     """bash printing `<epoch>|<INFO replication>|<CONFIG GET min-replicas-to-write>` per sample (each
     answer's lines joined by spaces); as the ACL user `user` (the broker role's admin user: INFO and
-    CONFIG are @dangerous) when given; the password comes in REDISCLI_AUTH, never in argv."""
-    cli = f"redis-cli -p {port}" + (f" --user {shlex.quote(user)}" if user else "")
+    CONFIG are @dangerous) when given; the password comes in REDISCLI_AUTH, never in argv. Over TLS
+    verified against `ca_file` (a path on the broker host) when given."""
+    cli = (
+        "redis-cli"
+        + (f" --tls --cacert {shlex.quote(ca_file)}" if ca_file else "")
+        + f" -p {port}"
+        + (f" --user {shlex.quote(user)}" if user else "")
+    )
     body = (
         f'  info=$(timeout 2 {cli} INFO replication 2>&1 | tr -d "\\r" | tr "\\n" " ")\n'
         f"  conf=$(timeout 2 {cli} CONFIG GET min-replicas-to-write 2>&1 "
@@ -447,11 +453,13 @@ def lab_watch(
     max_seconds: int = 3600,
     pg_port: int = 5432,
     redis_port: int = 6379,
+    redis_ca: str = "",
 ) -> Watch:
-    """The real Watch of one fault on the lab."""
+    """The real Watch of one fault on the lab (`redis_ca`: the CA file on the broker hosts, for
+    redis-cli over TLS; empty: plain TCP)."""
     probe = CommitProbe(PgCommitter(probe_params(db), session, commit_guard), probe_interval)
     db_script = db_sampler_script(pg_port, sample_every, max_seconds)
-    redis_script = redis_sampler_script(redis_port, sample_every, max_seconds, broker_user)
+    redis_script = redis_sampler_script(redis_port, sample_every, max_seconds, broker_user, redis_ca)
     samplers: dict[str, list[Sampler]] = {
         "db": [MemberSampler(h, db_sampler_command(h, db_script), parse_db_sample) for h in db_members],
         "broker": [

@@ -22,6 +22,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,7 @@ def airflow_celery_config() -> dict:
             raise ValueError("sentinel_kwargs is not a JSON object")
     return {
         "broker_url": broker_url,
+        **broker_use_ssl(parser, broker_url),
         "broker_transport_options": options,
         "broker_connection_retry_on_startup": True,
         "task_acks_late": True,
@@ -81,6 +83,30 @@ def airflow_celery_config() -> dict:
         "result_backend": None,
         "task_ignore_result": True,
     }
+
+
+def broker_use_ssl(parser: configparser.ConfigParser, broker_url: str) -> dict:
+    """default_celery.py's broker_use_ssl for a Redis URL: [celery] ssl_active on, the server
+    verified (ssl_cert_reqs required) against ssl_cacert, a client certificate only with
+    ssl_mutual_tls (the provider's default is on: airflow.cfg turns it off)."""
+    if not parser.getboolean("celery", "ssl_active", fallback=False):
+        return {}
+    if not broker_url.startswith(("redis://", "rediss://", "sentinel://")):
+        raise ValueError("ssl_active needs a Redis broker here")
+    settings: dict = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if parser.get("celery", "ssl_cacert", fallback=""):
+        settings["ssl_ca_certs"] = parser.get("celery", "ssl_cacert")
+    if parser.getboolean("celery", "ssl_mutual_tls", fallback=True):
+        settings["ssl_keyfile"] = parser.get("celery", "ssl_key")
+        settings["ssl_certfile"] = parser.get("celery", "ssl_cert")
+    return {"broker_use_ssl": settings}
+
+
+def tls_kwargs() -> dict:
+    """redis-py arguments for the watcher's own connections: the Sentinels' TLS settings from
+    sentinel_kwargs (the same CA verifies the master)."""
+    kwargs = airflow_celery_config()["broker_transport_options"].get("sentinel_kwargs", {})
+    return {k: v for k, v in kwargs.items() if k.startswith("ssl")}
 
 
 app = Celery("broker_client")
@@ -143,6 +169,7 @@ def watch_failover(old_master: str, timeout: float) -> None:
                     password=sentinel_kwargs["password"],
                     socket_timeout=0.5,
                     socket_connect_timeout=0.5,
+                    **tls_kwargs(),
                 )
                 addr = client.execute_command("SENTINEL", "get-master-addr-by-name", master_name)
             except redis.RedisError:
@@ -161,6 +188,7 @@ def watch_failover(old_master: str, timeout: float) -> None:
                     password=admin["password"],
                     socket_timeout=0.5,
                     socket_connect_timeout=0.5,
+                    **tls_kwargs(),
                 ).execute_command("ROLE")
             except redis.RedisError:
                 continue

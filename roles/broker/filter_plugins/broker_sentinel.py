@@ -30,7 +30,25 @@ _GLOBAL_DEFAULTS = {
     "sentinel_user": "",
     "sentinel_pass": "",
     "announce_ip": "",
+    # TLS (broker_tls_enabled): Sentinel's defaults for what it leaves out of its rewrites.
+    "tls_port": "0",
+    "tls_cert_file": "",
+    "tls_key_file": "",
+    "tls_ca_cert_file": "",
+    "tls_auth_clients": "yes",
+    "tls_replication": "no",
 }
+# Global one-value settings read as they are, "tls-port" as "tls_port".
+_GLOBAL_SINGLE = (
+    "tls-port",
+    "tls-cert-file",
+    "tls-key-file",
+    "tls-ca-cert-file",
+    "tls-auth-clients",
+    "tls-replication",
+)
+# Settings whose value Sentinel may write in any case (yes/YES).
+_YES_NO = ("tls-auth-clients", "tls-replication")
 # Per-master lines that only Sentinel writes: its view of the cluster, kept across a rewrite.
 _RUNTIME_MASTER_OPTIONS = ("config-epoch", "leader-epoch", "known-replica", "known-sentinel")
 # Global lines that only Sentinel writes.
@@ -132,6 +150,8 @@ def broker_sentinel_state(content: str, master_name: str, marker: str) -> dict[s
             settings["requirepass"] = args[1]
         elif name == "aclfile" and len(args) == 2:
             settings["aclfile"] = args[1]
+        elif name in _GLOBAL_SINGLE and len(args) == 2:
+            settings[name.replace("-", "_")] = args[1].lower() if name in _YES_NO else args[1]
         elif name == "sentinel" and len(args) >= 2:
             option = args[1].lower()
             rest = args[2:]
