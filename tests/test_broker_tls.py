@@ -30,6 +30,8 @@ _spec.loader.exec_module(broker_sentinel)
 
 SECRETS = {
     "db_password": "dbpassword0123456789ab",
+    "db_celery_password": "celerypassword01234567",
+    "db_failover_password": "failoverpassword012345",
     "db_replication_password": "replpassword0123456789",
     "db_superuser_password": "superpassword012345678",
     "db_patroni_api_password": "apipassword01234567890",
