@@ -24,3 +24,19 @@ def test_without_tls_the_lab_api_is_plain_http_with_default_verification():
     plain = labmod.Lab(**{**lab.__dict__, "tls": False})
     assert plain.api_url == "http://172.30.10.10:8080"
     assert plain.api_verify is True
+
+
+def test_the_api_client_keeps_the_cluster_ca_when_the_environment_names_another(monkeypatch):
+    """requests lets REQUESTS_CA_BUNDLE replace a session's own CA file (psf/requests#3829): the e2e
+    suite failed to log in on a machine that sets it. The client given the cluster CA keeps it."""
+    from airflow_ha.api import AirflowApi
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    monkeypatch.setenv("CURL_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    api = AirflowApi("https://192.0.2.10:8080", "admin", "pw", verify="/inventory/.secrets/pki/ca.crt")
+    settings = api.session.merge_environment_settings(f"{api.base_url}/auth/token", {}, None, None, None)
+    assert settings["verify"] == "/inventory/.secrets/pki/ca.crt"
+    system = AirflowApi("https://example.org", "admin", "pw")
+    assert system.session.merge_environment_settings("https://example.org", {}, None, None, None)[
+        "verify"
+    ] == ("/etc/ssl/certs/ca-certificates.crt")

@@ -30,6 +30,11 @@ class AirflowApi:
 
     def __post_init__(self) -> None:
         self.session.verify = self.verify
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from the environment replace a session's
+        # own CA file (psf/requests#3829): with the cluster CA given, ignore the environment (its
+        # proxies too: the API is on the cluster's own network).
+        if isinstance(self.verify, str):
+            self.session.trust_env = False
 
     def login(self, wait: float = 120.0) -> None:
         """Get a JWT from the FAB auth manager's /auth/token, retrying while the API comes up."""
