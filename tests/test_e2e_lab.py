@@ -712,8 +712,8 @@ def test_monitoring_scrapes_every_target_and_alerted_on_the_chaos_pass(lab):
     )
     assert _fired(lab, "AirflowHaDatabasePrimaryChanged"), "the chaos pass's new primary raised no alert"
     assert _fired(lab, "AirflowHaBrokerMasterChanged"), "the chaos pass's new Redis master raised no alert"
-    for name in ("AirflowHaWorkerOffline", "AirflowHaDatabaseMemberDown", "AirflowHaDatabaseNoPrimary"):
-        _wait_for(f"{name} resolved", lambda name=name: not _firing(lab, name), 90)
+    alerts = ("AirflowHaWorkerOffline", "AirflowHaDatabaseMemberDown", "AirflowHaDatabaseNoPrimary")
+    _wait_for(f"{', '.join(alerts)} resolved", lambda: not any(_firing(lab, name) for name in alerts), 90)
 
 
 RUNBOOK_BLOCK = re.compile(r"^```sh on=(\w+)\n(.*?)^```", re.M | re.S)
