@@ -280,6 +280,8 @@ def _alert(name: str, labels: dict[str, str], summary: str, page: str) -> dict:
 SENTINEL = 'airflow_ha_sentinel_master{{name="airflow-broker",master="{master}",host="{host}",job="node"}}'
 WORKER = 'airflow_ha_unit_active{{unit="airflow-worker.service",host="{host}",job="node"}}'
 
+LAG_SUMMARY = "The replica on lab-infra2 has replayed 32.42MiB less WAL than the primary wrote"
+
 # promtool's rule unit tests (promtool test rules): made-up series at the lab's 5 s interval.
 RULE_TESTS = {
     "evaluation_interval": "5s",
@@ -427,6 +429,51 @@ RULE_TESTS = {
                 {"eval_time": "60s", "alertname": "AirflowHaDatabaseNoSyncStandby", "exp_alerts": []},
             ],
         },
+        {  # After a failover the new leader's replayed location is old: no alert for it; a replica
+            # 32 MiB behind raises one.
+            "interval": "5s",
+            "input_series": [
+                {
+                    "series": 'patroni_xlog_location{job="patroni",instance="a",host="lab-infra3"}',
+                    "values": "90000000x10",
+                },
+                {
+                    "series": 'patroni_xlog_replayed_location{job="patroni",instance="a",host="lab-infra3"}',
+                    "values": "1000x10",
+                },
+                {"series": 'patroni_replica{job="patroni",instance="a",host="lab-infra3"}', "values": "0x10"},
+                {
+                    "series": 'patroni_xlog_replayed_location{job="patroni",instance="b",host="lab-infra1"}',
+                    "values": "89999000x10",
+                },
+                {"series": 'patroni_replica{job="patroni",instance="b",host="lab-infra1"}', "values": "1x10"},
+                {
+                    "series": 'patroni_xlog_replayed_location{job="patroni",instance="c",host="lab-infra2"}',
+                    "values": "56000000x10",
+                },
+                {"series": 'patroni_replica{job="patroni",instance="c",host="lab-infra2"}', "values": "1x10"},
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "30s",
+                    "alertname": "AirflowHaDatabaseReplicaLagging",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {
+                                "severity": "warning",
+                                "job": "patroni",
+                                "instance": "c",
+                                "host": "lab-infra2",
+                            },
+                            "exp_annotations": {
+                                "summary": LAG_SUMMARY,
+                                "runbook_url": "docs/runbooks/database-failover.md",
+                            },
+                        }
+                    ],
+                },
+            ],
+        },
     ],
 }
 
@@ -522,11 +569,16 @@ def test_the_facts_script_reads_openssl_and_ip(tmp_path):
                 "scheduler_health_url": "",
                 "vips": [],
                 "certificate_globs": [str(tmp_path / "*" / "*.crt")],
-                "sentinel_config": str(tmp_path / "absent.conf"),
+                "sentinel_config": str(tmp_path / "sentinel.conf"),
             }
         )
     )
     assert metrics_script.main(["airflow_ha_metrics.py", str(settings)]) == 0
+    assert "airflow_ha_sentinel_master" not in output.read_text(), "a Sentinel metric without sentinel.conf"
+    # The master the Sentinel's own file names (Sentinel rewrites it at each failover).
+    (tmp_path / "sentinel.conf").write_text("port 0\nsentinel monitor airflow-broker 192.0.2.7 6379 2\n")
+    assert metrics_script.main(["airflow_ha_metrics.py", str(settings)]) == 0
+    assert 'airflow_ha_sentinel_master{name="airflow-broker",master="192.0.2.7:6379"} 1' in output.read_text()
     line = next(x for x in output.read_text().splitlines() if x.startswith("airflow_ha_certificate_expiry"))
     assert str(cert) in line
     assert abs(float(line.split()[-1]) - (time.time() + 3 * 86400)) < 300

@@ -166,8 +166,18 @@ def main(argv: list[str]) -> int:
         )
         held = held_addresses(ip.stdout)
         vips = {vip: vip in held for vip in settings["vips"]}
+    sentinel = None
+    sentinel_config = settings.get("sentinel_config", "")
+    if sentinel_config and os.path.exists(sentinel_config):
+        with open(sentinel_config, encoding="utf-8") as handle:
+            sentinel = sentinel_masters(handle.read())
     text = render(
-        units, scheduler_healthy, vips, certificate_expiries(settings["certificate_globs"]), time.time()
+        units,
+        scheduler_healthy,
+        vips,
+        certificate_expiries(settings["certificate_globs"]),
+        time.time(),
+        sentinel=sentinel,
     )
     output = settings["output"]
     temporary = f"{output}.tmp"
