@@ -491,7 +491,7 @@ def test_a_worker_holds_none_of_the_api_servers_or_schedulers_secrets(lab, api):
 
     def grep(host: str, *user: str, paths: tuple[str, ...] = ("/etc", "/opt")) -> list[str]:
         done = subprocess.run(
-            ["docker", "exec", "-i", *user, host, "grep", "-rlsF", "-f", "/dev/stdin", *paths],
+            ["docker", "exec", "-i", *user, host, "grep", "-rlsF", "-f", "-", *paths],
             input=patterns,
             capture_output=True,
             text=True,
@@ -608,7 +608,9 @@ def test_every_broker_connection_is_tls(lab, api):
         lab.address(h) for g in ("airflow_scheduler", "airflow_worker") for h in lab.groups[g]
     }
     celery = [line for line in clients.splitlines() if " user=celery " in line]
-    assert {line.split(" addr=")[1].rsplit(":", 1)[0] for line in celery} & airflow_addresses, clients
+    # CLIENT LIST fields: "id=59 addr=172.30.10.31:37802 laddr=... user=celery ...".
+    sources = {line.split(" addr=")[1].split()[0].rsplit(":", 1)[0] for line in celery}
+    assert sources & airflow_addresses, clients
 
 
 def test_planned_database_switchover_fails_no_task(lab, api):
