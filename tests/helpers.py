@@ -67,3 +67,50 @@ def load_module(relative_path: str, name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def render_role_files(
+    tmp: Path,
+    inventory_text: str,
+    play: str,
+    secrets: dict[str, str],
+    *extra: str,
+    facts: dict[str, str] | None = None,
+    variables: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Run a render play (its tasks tagged `render` write each host's files under `out`) against an
+    inventory with the repo's group_vars and stand-in TLS files; return file name -> text."""
+    import json
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "hosts.yml").write_text(inventory_text)
+    (tmp / "render.yml").write_text(play)
+    (tmp / "group_vars").symlink_to(REPO / "group_vars")
+    for name in ("ca.crt", "host.crt", "host.key"):
+        (tmp / name).write_text(f"-----BEGIN STAND-IN {name}-----\n")
+    out = tmp / "out"
+    out.mkdir()
+    settings = {
+        "airflow_secrets": secrets,
+        "out": str(out),
+        "repo": str(REPO),
+        "ansible_become": False,
+        "ansible_python_interpreter": sys.executable,
+        "airflow_tls_ca_file": str(tmp / "ca.crt"),
+        "airflow_tls_cert_file": str(tmp / "host.crt"),
+        "airflow_tls_key_file": str(tmp / "host.key"),
+        "ansible_facts": {"default_ipv4": {"address": "10.9.9.9", **(facts or {})}},
+        **(variables or {}),
+    }
+    (tmp / "vars.json").write_text(json.dumps(settings))
+    argv = [tool("ansible-playbook"), "-i", str(tmp / "hosts.yml"), str(tmp / "render.yml")]
+    proc = subprocess.run(
+        [*argv, "--tags", "render", "-e", f"@{tmp / 'vars.json'}", *extra],
+        cwd=REPO,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return {p.name: p.read_text() for p in sorted(out.iterdir())}

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import configparser
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from test_postgres_tls import ONE_HOST_INVENTORY, SECRETS
 
-from helpers import HA_INVENTORY, REPO, ansible_env, tool
+from helpers import HA_INVENTORY, REPO, render_role_files
 
 # Each role's rendered files, written per host by tasks tagged `render` (--tags render: none of
 # the roles' own tasks run). The CA and certificates are stand-ins: files only.
@@ -82,47 +80,15 @@ RENDER_PLAY = """
 
 def render(tmp: Path, inventory_text: str, *extra: str) -> dict[str, str]:
     """Every host's rendered files (name -> text) for the inventory."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "hosts.yml").write_text(inventory_text)
-    (tmp / "render.yml").write_text(RENDER_PLAY)
-    (tmp / "group_vars").symlink_to(REPO / "group_vars")
-    for name in ("ca.crt", "host.crt", "host.key"):
-        (tmp / name).write_text(f"-----BEGIN STAND-IN {name}-----\n")
-    out = tmp / "out"
-    out.mkdir()
-    variables = {
-        "airflow_secrets": SECRETS,
-        "out": str(out),
-        "repo": str(REPO),
-        "roles": str(REPO / "roles"),
-        "ansible_become": False,
-        "ansible_python_interpreter": sys.executable,
-        "airflow_tls_ca_file": str(tmp / "ca.crt"),
-        "airflow_tls_cert_file": str(tmp / "host.crt"),
-        "airflow_tls_key_file": str(tmp / "host.key"),
-        "ansible_facts": {"default_ipv4": {"address": "10.9.9.9", "interface": "eth0"}},
-    }
-    (tmp / "vars.json").write_text(json.dumps(variables))
-    proc = subprocess.run(
-        [
-            tool("ansible-playbook"),
-            "-i",
-            str(tmp / "hosts.yml"),
-            str(tmp / "render.yml"),
-            "--tags",
-            "render",
-            "-e",
-            f"@{tmp / 'vars.json'}",
-            *extra,
-        ],
-        cwd=REPO,
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    return render_role_files(
+        tmp,
+        inventory_text,
+        RENDER_PLAY,
+        SECRETS,
+        *extra,
+        facts={"interface": "eth0"},
+        variables={"roles": str(REPO / "roles")},
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    return {p.name: p.read_text() for p in sorted(out.iterdir())}
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,12 @@ from __future__ import annotations
 import configparser
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import HA_INVENTORY, REPO, ansible_env, tool
+from helpers import HA_INVENTORY, REPO, render_role_files
 
 _spec = importlib.util.spec_from_file_location(
     "broker_sentinel", REPO / "roles" / "broker" / "filter_plugins" / "broker_sentinel.py"
@@ -106,47 +104,8 @@ CA_DEST = "/etc/airflow/ca.crt"
 
 def render(tmp: Path, inventory_text: str, *extra: str) -> dict[str, Any]:
     """Every host's rendered files: name -> parsed JSON (broker hosts) or text (airflow.cfg)."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "hosts.yml").write_text(inventory_text)
-    (tmp / "render.yml").write_text(RENDER_PLAY)
-    (tmp / "group_vars").symlink_to(REPO / "group_vars")
-    for name in ("ca.crt", "host.crt", "host.key"):
-        (tmp / name).write_text(f"-----BEGIN STAND-IN {name}-----\n")
-    out = tmp / "out"
-    out.mkdir()
-    variables = {
-        "airflow_secrets": SECRETS,
-        "out": str(out),
-        "repo": str(REPO),
-        "ansible_become": False,
-        "ansible_python_interpreter": sys.executable,
-        "airflow_tls_ca_file": str(tmp / "ca.crt"),
-        "airflow_tls_cert_file": str(tmp / "host.crt"),
-        "airflow_tls_key_file": str(tmp / "host.key"),
-        "ansible_facts": {"default_ipv4": {"address": "10.9.9.9"}},
-    }
-    (tmp / "vars.json").write_text(json.dumps(variables))
-    proc = subprocess.run(
-        [
-            tool("ansible-playbook"),
-            "-i",
-            str(tmp / "hosts.yml"),
-            str(tmp / "render.yml"),
-            "--tags",
-            "render",
-            "-e",
-            f"@{tmp / 'vars.json'}",
-            *extra,
-        ],
-        cwd=REPO,
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    files = sorted(out.iterdir())
-    return {p.name: json.loads(p.read_text()) if p.suffix == ".json" else p.read_text() for p in files}
+    files = render_role_files(tmp, inventory_text, RENDER_PLAY, SECRETS, *extra)
+    return {name: json.loads(text) if name.endswith(".json") else text for name, text in files.items()}
 
 
 @pytest.fixture(scope="module")

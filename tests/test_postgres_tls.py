@@ -11,15 +11,13 @@ import configparser
 import ipaddress
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from cryptography import x509
 
-from helpers import HA_INVENTORY, REPO, ansible_env, run_playbook, tool
+from helpers import HA_INVENTORY, render_role_files, run_playbook
 
 SECRETS = {
     "db_password": "dbpassword0123456789ab",
@@ -104,46 +102,7 @@ all:
 
 def render(tmp: Path, inventory_text: str, *extra: str, play: str = RENDER_PLAY) -> dict[str, str]:
     """Every host's rendered files (name -> text) for the inventory."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "hosts.yml").write_text(inventory_text)
-    (tmp / "render.yml").write_text(play)
-    (tmp / "group_vars").symlink_to(REPO / "group_vars")
-    for name in ("ca.crt", "host.crt", "host.key"):
-        (tmp / name).write_text(f"-----BEGIN STAND-IN {name}-----\n")
-    out = tmp / "out"
-    out.mkdir()
-    variables = {
-        "airflow_secrets": SECRETS,
-        "out": str(out),
-        "repo": str(REPO),
-        "ansible_become": False,
-        "ansible_python_interpreter": sys.executable,
-        "airflow_tls_ca_file": str(tmp / "ca.crt"),
-        "airflow_tls_cert_file": str(tmp / "host.crt"),
-        "airflow_tls_key_file": str(tmp / "host.key"),
-        "ansible_facts": {"default_ipv4": {"address": "10.9.9.9"}},
-    }
-    (tmp / "vars.json").write_text(json.dumps(variables))
-    proc = subprocess.run(
-        [
-            tool("ansible-playbook"),
-            "-i",
-            str(tmp / "hosts.yml"),
-            str(tmp / "render.yml"),
-            "--tags",
-            "render",
-            "-e",
-            f"@{tmp / 'vars.json'}",
-            *extra,
-        ],
-        cwd=REPO,
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    return {p.name: p.read_text() for p in sorted(out.iterdir())}
+    return render_role_files(tmp, inventory_text, play, SECRETS, *extra)
 
 
 @pytest.fixture(scope="module")
